@@ -1,0 +1,1 @@
+"""The Hydra config tree, reachable as ``pkg://alignkit.conf``."""

@@ -1,0 +1,1 @@
+"""Fused token log-prob kernels (Triton) and their torch references."""
