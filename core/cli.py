@@ -1,0 +1,170 @@
+"""The ``alignkit`` command line.
+
+    alignkit train [hydra overrides]     train (Hydra's --help, --cfg job, -m pass through)
+    alignkit plugins                     JSON: loaded plugins, what they registered, failures
+    alignkit ls methods|losses|...       a table of registered names
+    alignkit chat [--model PATH]         talk to a model or a run's checkpoint
+    alignkit <command>                   commands registered by plugins
+
+User errors print one line ``alignkit: error: ...`` and exit non-zero (2) without a traceback;
+set ``ALIGNKIT_DEBUG=1`` to see it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from .errors import AlignkitError
+
+LIST_KINDS = ("methods", "losses", "rollouts", "scorers", "data_formats", "commands")
+
+
+def _error(message: str, code: int = 2) -> int:
+    print(f"alignkit: error: {message}", file=sys.stderr)
+    return code
+
+
+# ---------------------------------------------------------------------------- train
+def _task(cfg) -> None:  # runs inside hydra.main
+    from hydra.core.hydra_config import HydraConfig
+
+    from .compose import validate
+    from .loop import train
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    fresh = not cfg.resume
+    try:
+        validate(cfg)
+        result = train(cfg, run_dir)
+    except AlignkitError as exc:
+        if os.environ.get("ALIGNKIT_DEBUG"):
+            traceback.print_exc()
+        # Nothing half-written: a fresh run that failed before its first checkpoint leaves no folder.
+        if fresh and not (run_dir / "checkpoints").exists() and not (run_dir / "final").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        sys.exit(_error(str(exc), exc.exit_code))
+    _print_result(result)
+
+
+def _print_result(result) -> None:
+    from .loop import _fmt
+
+    print(f"\nalignkit: finished {result.steps} steps")
+    if result.eval_before:
+        print(f"  held-out before: {_fmt(result.eval_before)}")
+    if result.eval_after:
+        print(f"  held-out after:  {_fmt(result.eval_after)}")
+    print(f"  run folder:      {result.run_dir}")
+    print(f"    metrics        {result.run_dir / 'metrics.jsonl'} (and tensorboard/)")
+    if result.final_model:
+        print(f"    final model    {result.final_model}  (alignkit chat --model {result.final_model})")
+    print(f"    summary        {result.run_dir / 'summary.json'}")
+
+
+def cmd_train(argv: list[str]) -> int:
+    import hydra
+
+    from .compose import CONFIG_MODULE, CONFIG_NAME, compose, setup, validate
+
+    setup()
+    passthrough = any(arg.startswith("-") for arg in argv)
+    if not passthrough:
+        # Compose once up front so that config errors are one line and exit 2, not Hydra's report.
+        validate(compose(argv))
+    resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
+    if resume and not any(a.startswith("hydra.run.dir=") for a in argv):
+        argv = [*argv, f"hydra.run.dir={resume}"]
+    main = hydra.main(version_base=None, config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)(_task)
+    saved = sys.argv
+    sys.argv = ["alignkit train", *argv]
+    try:
+        main()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+# ---------------------------------------------------------------------------- plugins / ls
+def cmd_plugins(argv: list[str]) -> int:
+    from .plugin_manager import get_manager
+
+    argparse.ArgumentParser(prog="alignkit plugins", description="List loaded plugins as JSON.").parse_args(argv)
+    print(json.dumps(get_manager().report(), indent=2))
+    return 0
+
+
+def cmd_ls(argv: list[str]) -> int:
+    from .plugin_manager import get_manager
+
+    parser = argparse.ArgumentParser(prog="alignkit ls", description="List registered names of one kind.")
+    parser.add_argument("kind", choices=LIST_KINDS)
+    args = parser.parse_args(argv)
+    registry = get_manager().registry
+    rows = [(e.name, e.owner.name, e.owner.version, e.spec.describe()) for e in registry.entries(args.kind)]
+    header = ("name", "plugin", "version", "summary")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+    return 0
+
+
+def cmd_chat(argv: list[str]) -> int:
+    from .chat import main as chat_main
+
+    return chat_main(argv)
+
+
+BUILTIN_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "train": (cmd_train, "train a method (Hydra overrides: method=dpo model=tiny trainer.max_steps=10 ...)"),
+    "plugins": (cmd_plugins, "show loaded plugins, their versions, what they registered, load errors (JSON)"),
+    "ls": (cmd_ls, "list methods | losses | rollouts | scorers | data_formats | commands"),
+    "chat": (cmd_chat, "talk to a model, a checkpoint or a run's final model"),
+}
+
+
+def _usage(plugin_commands: dict) -> str:
+    lines = ["usage: alignkit <command> [args]", "", "commands:"]
+    for name, (_, help_text) in {**BUILTIN_COMMANDS, **plugin_commands}.items():
+        lines.append(f"  {name:<10} {help_text}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        from .plugin_manager import get_manager
+
+        plugin_commands = {e.name: (e.spec.run, e.spec.describe()) for e in get_manager().registry.entries("commands")}
+        if not argv or argv[0] in ("-h", "--help"):
+            print(_usage(plugin_commands))
+            return 0 if argv else 2
+        if argv[0] in ("--version", "version"):
+            from . import __version__
+
+            print(f"alignkit {__version__}")
+            return 0
+        command = BUILTIN_COMMANDS.get(argv[0]) or plugin_commands.get(argv[0])
+        if command is None:
+            return _error(f"unknown command '{argv[0]}'; available: {', '.join([*BUILTIN_COMMANDS, *plugin_commands])}")
+        return int(command[0](argv[1:]) or 0)
+    except AlignkitError as exc:
+        if os.environ.get("ALIGNKIT_DEBUG"):
+            traceback.print_exc()
+        return _error(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return _error("interrupted", 130)
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

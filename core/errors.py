@@ -1,0 +1,60 @@
+"""User-facing errors: one line naming the thing, the place and the fix.
+
+The CLI prints ``AlignkitError`` messages without a traceback (unless ``ALIGNKIT_DEBUG=1``) and exits
+with the error's ``exit_code``. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+_SINGULAR = {"methods": "method", "losses": "loss", "rollouts": "rollout", "scorers": "scorer",
+             "data_formats": "data format", "commands": "command"}
+
+
+def singular(kind: str) -> str:
+    """``losses`` -> ``loss``, ``data_formats`` -> ``data format``."""
+    return _SINGULAR.get(kind, kind)
+
+
+class AlignkitError(Exception):
+    """An error caused by user input (config, data, model path, plugin); printed as one line."""
+
+    exit_code = 2
+
+
+class ConfigError(AlignkitError):
+    """A config key, value or group option is wrong."""
+
+
+class UnknownNameError(ConfigError):
+    """A method / loss / rollout / scorer / data format name is not registered."""
+
+    def __init__(self, kind: str, name: str, available: list[str], where: str = "") -> None:
+        self.kind, self.name, self.available = kind, name, sorted(available)
+        place = f" ({where})" if where else ""
+        listing = ", ".join(self.available) or "none"
+        super().__init__(f"unknown {singular(kind)} '{name}'{place}; available: {listing}")
+
+
+class DuplicateNameError(AlignkitError):
+    """Two plugins registered the same name for the same kind."""
+
+
+class DataError(AlignkitError):
+    """A data file is missing, malformed, or has rows of the wrong shape."""
+
+
+class ModelError(AlignkitError):
+    """A model path is missing or does not hold a loadable causal LM."""
+
+
+class PluginError(AlignkitError):
+    """A plugin failed to import or raised inside a hook."""
+
+
+class CheckpointError(AlignkitError):
+    """A checkpoint or resume directory is missing, damaged, or from another run."""
+
+
+class TrainingError(AlignkitError):
+    """Training cannot continue (e.g. a non-finite loss)."""

@@ -1,0 +1,111 @@
+"""Hook specifications: the whole contract between alignkit and its plugins.
+
+A plugin is a module (or object) with functions decorated by :data:`hookimpl` whose names are the
+hooks below. Every hook is called exactly once, at start-up, never per training step. A plugin
+announces itself with an entry point in the ``alignkit`` group, named after its distribution::
+
+    [project.entry-points.alignkit]
+    alignkit-simpo = "alignkit_simpo.plugin"
+
+Built-in methods are plugins too: they are registered through these same hooks.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+PROJECT = "alignkit"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_methods(register: Callable) -> None:
+    """Register training methods (``method=<name>`` on the command line).
+
+    Call ``register(MethodSpec(...))`` once per method. A :class:`alignkit.specs.MethodSpec` names
+    the method, the function that builds its :class:`alignkit.interfaces.Objective`, the record kind
+    it consumes (``tokens``, ``pairs``, ``ranked``, ``prompts``), whether it needs a frozen reference
+    model, and an optional dataclass ``schema`` that types ``cfg.method``. Ship the method's config as
+    ``method/<name>.yaml`` in a config dir (see :func:`register_config_dirs`).
+
+    Example::
+
+        @hookimpl
+        def register_methods(register):
+            register(MethodSpec(name="simpo", build=build_objective, consumes="pairs",
+                                schema=SimPOConfig))
+    """
+
+
+@hookspec
+def register_losses(register: Callable) -> None:
+    """Register pure loss functions, importable afterwards as ``alignkit.losses.<name>``.
+
+    Call ``register(LossSpec(name=..., fn=...))``. ``fn`` is a pure function on tensors (no model, no
+    config object); its docstring should give the paper, the formula and the tensor shapes, because
+    ``alignkit ls losses`` shows its first line.
+    """
+
+
+@hookspec
+def register_rollouts(register: Callable) -> None:
+    """Register rollouts: where training batches come from (``rollout=<name>``).
+
+    Call ``register(RolloutSpec(name=..., build=...))``; ``build(context, cfg.rollout)`` returns an
+    object following :class:`alignkit.interfaces.Rollout`.
+    """
+
+
+@hookspec
+def register_scorers(register: Callable) -> None:
+    """Register scorers: what a completion is worth (``scorer=<name>``).
+
+    Call ``register(ScorerSpec(name=..., build=...))``; ``build(context, cfg.scorer)`` returns an
+    object following :class:`alignkit.interfaces.Scorer` that maps trajectories to rewards (B,) or
+    (B, A).
+    """
+
+
+@hookspec
+def register_data_formats(register: Callable) -> None:
+    """Register data formats: how a raw row becomes a record (``data.format=<name>``).
+
+    Call ``register(DataFormatSpec(name=..., parse=..., produces=...))``. ``parse(row)`` takes one
+    raw row (a dict) and returns a record of the kind ``produces`` (``tokens``: prompt/completion
+    messages; ``pairs``: prompt/chosen/rejected; ``ranked``: prompt/completions best first;
+    ``prompts``: prompt only). Raise ``ValueError`` with a short reason for a bad row: the loader adds
+    the file and row number.
+    """
+
+
+@hookspec
+def register_config_dirs() -> str | list[str] | None:
+    """Return the plugin's Hydra config folders as ``pkg://`` URLs, e.g. ``"pkg://alignkit_foo.conf"``.
+
+    Each folder is appended to Hydra's search path, so its ``method/<name>.yaml``,
+    ``scorer/<name>.yaml`` ... become options of the config groups.
+    """
+
+
+@hookspec
+def register_commands(register: Callable) -> None:
+    """Register ``alignkit <name>`` sub-commands.
+
+    Call ``register(CommandSpec(name=..., run=..., help=...))``; ``run(argv)`` receives the remaining
+    command-line arguments and returns the exit code.
+    """
+
+
+HOOK_NAMES = (
+    "register_methods",
+    "register_losses",
+    "register_rollouts",
+    "register_scorers",
+    "register_data_formats",
+    "register_config_dirs",
+    "register_commands",
+)

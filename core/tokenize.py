@@ -1,0 +1,110 @@
+"""Records -> token ids, with the chat template, prompt masking and truncation accounting.
+
+Labels are ``-100`` on prompt tokens and padding, so only completion tokens are trained on. The
+completion is the suffix the chat template adds after the generation prompt (for ChatML:
+``answer<|im_end|>\\n``), so the model also learns to stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import DataError
+from .records import Messages
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TokenizeStats:
+    """How many examples were truncated; logged once per dataset."""
+
+    prompts_truncated: int = 0
+    completions_truncated: int = 0
+
+
+class Encoder:
+    """Encodes prompt / completion messages for one tokenizer and one ``data`` config.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        max_length: cap on prompt + completion tokens.
+        max_prompt_length: cap on prompt tokens (the prompt keeps its end: the latest turns matter most).
+        truncation: ``left`` truncates the prompt and counts it; ``fail`` raises.
+        use_chat_template: apply the tokenizer's chat template (required when it has one to give).
+        system_prompt: an optional system message put before every prompt.
+    """
+
+    def __init__(self, tokenizer: Any, *, max_length: int, max_prompt_length: int, truncation: str = "left",
+                 use_chat_template: bool = True, system_prompt: str | None = None) -> None:
+        if truncation not in ("left", "fail"):
+            raise DataError(f"data.truncation={truncation!r}; expected 'left' or 'fail'")
+        if max_prompt_length >= max_length:
+            raise DataError(f"data.max_prompt_length ({max_prompt_length}) must be below data.max_length ({max_length})")
+        if use_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise DataError(
+                "the tokenizer has no chat template; set data.chat_template=false to train on plain text"
+            )
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
+        self.truncation = truncation
+        self.use_chat_template = use_chat_template
+        self.system_prompt = system_prompt
+        self.stats = TokenizeStats()
+
+    def _with_system(self, prompt: Messages) -> Messages:
+        if self.system_prompt and (not prompt or prompt[0]["role"] != "system"):
+            return [{"role": "system", "content": self.system_prompt}, *prompt]
+        return prompt
+
+    def prompt_ids(self, prompt: Messages, where: str = "") -> list[int]:
+        """Token ids of the prompt, ending with the generation prompt (``<|im_start|>assistant\\n``)."""
+        prompt = self._with_system(prompt)
+        if self.use_chat_template:
+            ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+        else:
+            ids = self.tokenizer("\n\n".join(m["content"] for m in prompt) + "\n\n", add_special_tokens=False)["input_ids"]
+        if len(ids) > self.max_prompt_length:
+            if self.truncation == "fail":
+                raise DataError(
+                    f"{where}: prompt has {len(ids)} tokens > data.max_prompt_length={self.max_prompt_length} "
+                    "(set data.truncation=left to truncate instead)"
+                )
+            self.stats.prompts_truncated += 1
+            ids = ids[-self.max_prompt_length:]
+        return list(ids)
+
+    def completion_ids(self, prompt: Messages, completion: Messages) -> list[int]:
+        """Token ids the model must produce after the prompt, end-of-turn included."""
+        if not self.use_chat_template:
+            text = "\n\n".join(m["content"] for m in completion)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        prompt = self._with_system(prompt)
+        head = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+        full = self.tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=False)
+        if list(full[: len(head)]) != list(head):
+            # Templates that rewrite earlier turns: fall back to encoding the answer text alone.
+            text = "".join(m["content"] for m in completion)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        return list(full[len(head):])
+
+    def encode(self, prompt: Messages, completion: Messages, where: str = "") -> dict[str, list[int]]:
+        """``input_ids`` and ``labels`` (prompt masked) for one prompt/completion pair."""
+        p_ids = self.prompt_ids(prompt, where)
+        c_ids = self.completion_ids(prompt, completion)
+        if not c_ids:
+            raise DataError(f"{where}: empty completion")
+        room = self.max_length - len(p_ids)
+        if len(c_ids) > room:
+            self.stats.completions_truncated += 1
+            c_ids = c_ids[:room]
+        return {"input_ids": p_ids + c_ids, "labels": [IGNORE_INDEX] * len(p_ids) + c_ids}
+
+
+def pad(sequences: list[list[int]], value: int, *, left: bool = False) -> list[list[int]]:
+    width = max(len(s) for s in sequences)
+    if left:
+        return [[value] * (width - len(s)) + list(s) for s in sequences]
+    return [list(s) + [value] * (width - len(s)) for s in sequences]

@@ -1,0 +1,99 @@
+"""``rollout=dataset``: batches read from the ``data`` config in a seeded, resumable order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from alignkit.context import RunContext
+from alignkit.data import COLLATORS, encode_records, length_of, make_encoder, split_records
+
+
+@dataclass
+class DatasetRolloutConfig:
+    """The ``rollout=dataset`` options.
+
+    Attributes:
+        name: ``dataset``.
+        shuffle: reshuffle every epoch (seeded by ``trainer.seed`` and the epoch number).
+        bucket: length bucketing: sort each window of ``bucket_window`` batches by length so a batch
+            holds similar lengths (less padding), then shuffle the batch order.
+    """
+
+    name: str = "dataset"
+    shuffle: bool = True
+    bucket: bool = False
+    bucket_window: int = 16
+
+
+class DatasetRollout:
+    """Reads records of the method's kind, tokenizes them once, and serves collated batches.
+
+    The position (epoch, batch index) is the whole state: resuming replays the same order.
+    """
+
+    def __init__(self, ctx: RunContext, cfg: Any) -> None:
+        data_cfg, tcfg = ctx.cfg.data, ctx.cfg.trainer
+        train_records, eval_records = split_records(data_cfg, ctx.registry, ctx.kind, tcfg.seed)
+        encoder = make_encoder(data_cfg, ctx.tokenizer)
+        self.train = encode_records(train_records, ctx.kind, encoder)
+        self.held_out = encode_records(eval_records, ctx.kind, encoder)
+        stats = encoder.stats
+        ctx.log(f"data: {len(self.train)} training and {len(self.held_out)} held-out {ctx.kind} records "
+                f"from {data_cfg.name}; truncated prompts {stats.prompts_truncated}, "
+                f"truncated completions {stats.completions_truncated}")
+        self.collate = COLLATORS[ctx.kind]
+        self.pad_id = ctx.tokenizer.pad_token_id
+        self.batch_size = tcfg.batch_size
+        self.eval_batch_size = tcfg.eval_batch_size
+        self.seed = tcfg.seed
+        self.cfg = cfg
+        if len(self.train) < self.batch_size:
+            from alignkit.errors import DataError
+
+            raise DataError(f"data.path: {len(self.train)} training records, fewer than trainer.batch_size={self.batch_size}")
+        self.epoch, self.index = 0, 0
+        self._batches = self._plan(self.epoch)
+
+    def _plan(self, epoch: int) -> list[list[int]]:
+        """The batches of one epoch, as lists of example indices."""
+        n = len(self.train)
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=generator).tolist() if self.cfg.shuffle else list(range(n))
+        usable = n - n % self.batch_size  # drop the ragged tail: every step sees a full batch
+        order = order[:usable]
+        if self.cfg.bucket:
+            window = self.batch_size * self.cfg.bucket_window
+            order = [i for start in range(0, usable, window)
+                     for i in sorted(order[start:start + window], key=lambda i: length_of(self.train[i]))]
+        batches = [order[i:i + self.batch_size] for i in range(0, usable, self.batch_size)]
+        if self.cfg.bucket and self.cfg.shuffle:
+            perm = torch.randperm(len(batches), generator=generator).tolist()
+            batches = [batches[i] for i in perm]
+        return batches
+
+    def next_batch(self, policy: Any = None) -> dict:
+        if self.index >= len(self._batches):
+            self.epoch, self.index = self.epoch + 1, 0
+            self._batches = self._plan(self.epoch)
+        examples = [self.train[i] for i in self._batches[self.index]]
+        self.index += 1
+        return self.collate(examples, self.pad_id)
+
+    def eval_batches(self) -> Iterator[dict]:
+        for start in range(0, len(self.held_out), self.eval_batch_size):
+            yield self.collate(self.held_out[start:start + self.eval_batch_size], self.pad_id)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._batches = self._plan(self.epoch)
+
+
+def build(ctx: RunContext, cfg: Any) -> DatasetRollout:
+    """Batches from the ``data`` config, seeded and resumable (offline methods)."""
+    return DatasetRollout(ctx, cfg)

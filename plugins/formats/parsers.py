@@ -1,0 +1,84 @@
+"""Row parsers for the built-in data formats: raw dict -> canonical record (see ``alignkit.records``)."""
+
+from __future__ import annotations
+
+import re
+
+from alignkit.records import as_messages
+
+_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def parse_chat(row: dict) -> dict:
+    """Chat messages ``{"messages": [...]}``; the last assistant message is the completion."""
+    messages = as_messages(row["messages"], "user", "messages")
+    if messages[-1]["role"] != "assistant":
+        raise ValueError("the last message must be the assistant's (it is the completion)")
+    if len(messages) < 2:
+        raise ValueError("need at least one prompt message before the assistant's answer")
+    return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+
+def parse_prompt_completion(row: dict) -> dict:
+    """Prompt / completion pairs: ``{"prompt": str|messages, "completion": str|messages}``."""
+    return {"prompt": as_messages(row["prompt"], "user", "prompt"),
+            "completion": as_messages(row["completion"], "assistant", "completion")}
+
+
+def parse_pairwise(row: dict) -> dict:
+    """Preference pairs: ``{"prompt", "chosen", "rejected"}``, optional ``margin`` and soft ``label``."""
+    record = {"prompt": as_messages(row["prompt"], "user", "prompt"),
+              "chosen": as_messages(row["chosen"], "assistant", "chosen"),
+              "rejected": as_messages(row["rejected"], "assistant", "rejected")}
+    for key in ("margin", "label"):
+        if key in row and row[key] is not None:
+            if not isinstance(row[key], (int, float)) or isinstance(row[key], bool):
+                raise ValueError(f"field '{key}' must be a number, got {type(row[key]).__name__}")
+            record[key] = float(row[key])
+    if "label" in record and not 0.0 <= record["label"] <= 1.0:
+        raise ValueError(f"field 'label' must be a probability in [0, 1], got {record['label']}")
+    return record
+
+
+def parse_ranked(row: dict) -> dict:
+    """Ranked lists: ``{"prompt", "completions": [...]}`` best first, or with ``scores`` to sort by."""
+    completions = row["completions"]
+    if not isinstance(completions, list) or len(completions) < 2:
+        raise ValueError("field 'completions' must be a list of at least 2 completions")
+    if "scores" in row:
+        scores = row["scores"]
+        if not isinstance(scores, list) or len(scores) != len(completions):
+            n = len(scores) if isinstance(scores, list) else type(scores).__name__
+            raise ValueError(f"field 'scores' has {n} entries for {len(completions)} completions")
+        order = sorted(range(len(completions)), key=lambda i: -float(scores[i]))
+        completions = [completions[i] for i in order]
+    return {"prompt": as_messages(row["prompt"], "user", "prompt"),
+            "completions": [as_messages(c, "assistant", f"completions[{i}]") for i, c in enumerate(completions)]}
+
+
+def parse_prompts(row: dict) -> dict:
+    """Prompts only: ``{"prompt": str|messages}`` (online methods generate the completions)."""
+    return {"prompt": as_messages(row["prompt"], "user", "prompt")}
+
+
+def hh_turns(transcript: str) -> list[dict[str, str]]:
+    """Split an HH-RLHF transcript ``"\\n\\nHuman: ...\\n\\nAssistant: ..."`` into chat messages."""
+    if not isinstance(transcript, str):
+        raise ValueError(f"transcript must be a string, got {type(transcript).__name__}")
+    pieces = _TURN.split(transcript)
+    if pieces[0].strip():
+        raise ValueError("transcript does not start with '\\n\\nHuman:'")
+    return [{"role": _ROLES[speaker], "content": text.strip()} for speaker, text in zip(pieces[1::2], pieces[2::2])]
+
+
+def parse_hh_rlhf(row: dict) -> dict:
+    """Anthropic HH-RLHF transcripts ``{"chosen", "rejected"}``: shared turns -> prompt, last replies -> pair."""
+    chosen, rejected = hh_turns(row["chosen"]), hh_turns(row["rejected"])
+    if not chosen or chosen[-1]["role"] != "assistant" or not rejected or rejected[-1]["role"] != "assistant":
+        raise ValueError("each transcript must end with an Assistant turn")
+    if chosen[:-1] != rejected[:-1]:
+        raise ValueError("chosen and rejected transcripts differ before their last Assistant turn")
+    if not chosen[-1]["content"] or not rejected[-1]["content"]:
+        raise ValueError("empty completion (the last Assistant turn is empty)")
+    return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
