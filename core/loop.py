@@ -63,7 +63,9 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
         from accelerate import Accelerator
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # our own bars only: no "Loading weights" / "Writing shards"
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self._bar = None
