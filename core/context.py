@@ -26,6 +26,8 @@ class RunContext:
         accelerator: the ``accelerate.Accelerator`` of the run.
         kind: the record kind the method consumes.
         log: prints a line on the main process (above the progress bar).
+        rollout: the run's rollout, once built (objectives may read it, e.g. to cache per-example
+            reference log-probs over ``rollout.all_batches(split)``).
     """
 
     cfg: DictConfig
@@ -36,6 +38,8 @@ class RunContext:
     accelerator: Any
     kind: str
     log: Callable[[str], None] = print
+    rollout: Any = None
+    resumed: bool = False
     _reference: torch.nn.Module | None = field(default=None, repr=False)
 
     @property
@@ -43,9 +47,18 @@ class RunContext:
         return self.accelerator.device
 
     def reference(self) -> torch.nn.Module:
-        """A frozen copy of the initial policy (made on first use, dropout off, no gradients)."""
+        """A frozen copy of the initial policy (made on first use, dropout off, no gradients).
+
+        After a resume the policy holds trained weights, so the reference is loaded afresh from the
+        model config instead of copied.
+        """
         if self._reference is None:
-            reference = copy.deepcopy(self.accelerator.unwrap_model(self.policy))
+            if self.resumed:
+                from .models import load_model
+
+                reference = load_model(self.cfg.model)[0]
+            else:
+                reference = copy.deepcopy(self.accelerator.unwrap_model(self.policy))
             reference.eval()
             reference.requires_grad_(False)
             self._reference = reference.to(self.device)

@@ -120,7 +120,10 @@ def split_records(cfg: Any, registry: Registry, kind: str, seed: int) -> tuple[l
 
 # ----------------------------------------------------------------------------- tokenization
 def _encode_tokens(enc: Encoder, r: dict) -> dict:
-    return enc.encode(r["prompt"], r["completion"], r["_where"])
+    out = enc.encode(r["prompt"], r["completion"], r["_where"])
+    if "scores" in r:
+        out["scores"] = r["scores"]
+    return out
 
 
 def _encode_pairs(enc: Encoder, r: dict) -> dict:
@@ -164,9 +167,12 @@ def _collate_tokens(examples: list[dict], pad_id: int) -> dict:
     ids = pad([e["input_ids"] for e in examples], pad_id)
     labels = pad([e["labels"] for e in examples], IGNORE_INDEX)
     mask = pad([[1] * len(e["input_ids"]) for e in examples], 0)
-    return {"input_ids": torch.tensor(ids),  # (B, T)
-            "attention_mask": torch.tensor(mask),  # (B, T)
-            "labels": torch.tensor(labels)}  # (B, T)
+    batch = {"input_ids": torch.tensor(ids),  # (B, T)
+             "attention_mask": torch.tensor(mask),  # (B, T)
+             "labels": torch.tensor(labels)}  # (B, T)
+    if "scores" in examples[0]:
+        batch["scores"] = [e["scores"] for e in examples]  # per-example {attribute: value}
+    return batch
 
 
 def _collate_pairs(examples: list[dict], pad_id: int) -> dict:

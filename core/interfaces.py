@@ -48,6 +48,11 @@ class Rollout(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    # Optional: ``all_batches(split) -> Iterator[Batch]`` yields every example of ``"train"`` or
+    # ``"eval"`` once, grouped as training / evaluation will first see them, each batch carrying
+    # ``index`` (B,) example indices. Used to precompute per-example values such as reference
+    # log-probs.
+
 
 @runtime_checkable
 class Scorer(Protocol):

@@ -23,6 +23,11 @@ def _unwrap(model: Any) -> Any:
     return model
 
 
+def lm_head_weight(model: Any) -> torch.Tensor:
+    """The (V, d) output-embedding weight of a (possibly wrapped) HF causal LM."""
+    return _unwrap(model).get_output_embeddings().weight
+
+
 def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Final hidden states (B, T, d) of a HF causal LM (after its last norm), no logits."""
     lm = _unwrap(model)
@@ -49,7 +54,7 @@ def token_stats(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tenso
     """
     hidden = hidden_states(model, input_ids, attention_mask)[:, :-1]  # (B, T-1, d)
     targets = labels[:, 1:]  # (B, T-1)
-    weight = _unwrap(model).get_output_embeddings().weight  # (V, d)
+    weight = lm_head_weight(model)  # (V, d)
     return kernels.linear_token_stats(hidden, weight, targets, ignore_index=IGNORE_INDEX,
                                       temperature=temperature, entropy=entropy)
 

@@ -68,6 +68,7 @@ class Trainer:
         hf_logging.disable_progress_bar()  # our own bars only: no "Loading weights" / "Writing shards"
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self._bar = None
         self.registry = get_manager().registry
         self.method = self.registry.get("methods", cfg.method.name, where="method")
@@ -86,18 +87,24 @@ class Trainer:
         policy.train()
         self.tokenizer = tokenizer
         self.ctx = RunContext(cfg=cfg, run_dir=self.run_dir, registry=self.registry, policy=policy,
-                              tokenizer=tokenizer, accelerator=self.accelerator, kind=self.method.consumes,
-                              log=self.log)
+                              tokenizer=tokenizer, accelerator=self.accelerator, kind=self.method.kind_for(cfg),
+                              log=self.log, resumed=self.resume_from is not None)
         if self.resume_from is not None:
             self._load_weights(policy, self.resume_from[0])
         self.rollout = self.registry.get("rollouts", cfg.rollout.name, where="rollout").build(self.ctx, cfg.rollout)
+        self.ctx.rollout = self.rollout
         self.scorer = None
         if cfg.scorer.name != "none":
             self.scorer = self.registry.get("scorers", cfg.scorer.name, where="scorer").build(self.ctx, cfg.scorer)
         self.objective = self.method.build(self.ctx)
         params = [p for p in policy.parameters() if p.requires_grad]
-        params += [p for p in getattr(self.objective, "extra_parameters", lambda: [])()]
+        # extra_parameters() may hold tensors (trained like the policy) or param-group dicts with
+        # their own options, e.g. {"params": value_head.parameters(), "lr": 1e-4}.
+        extra = list(getattr(self.objective, "extra_parameters", lambda: [])())
+        params += [p for p in extra if not isinstance(p, dict)]
         self.optimizer = self._build_optimizer(params)
+        for group in (e for e in extra if isinstance(e, dict)):
+            self.optimizer.add_param_group({**group, "params": list(group["params"])})
         self.scheduler = build_scheduler(tcfg.scheduler, self.optimizer, tcfg.max_steps)
         self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
         self.ctx.policy = self.policy

@@ -36,6 +36,8 @@ ENTRY_POINT_GROUP = hookspecs.PROJECT
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "alignkit.plugins.formats",
     "alignkit.plugins.dataset",
+    "alignkit.plugins.generate",
+    "alignkit.plugins.scorers",
     "alignkit.plugins.sft",
     "alignkit.plugins.dpo",
     "alignkit.plugins.reward_model",

@@ -5,7 +5,7 @@ Every text is a list of chat messages ``{"role": ..., "content": ...}``.
 =========  ==========================================================================
 kind       fields
 =========  ==========================================================================
-tokens     ``prompt`` (messages), ``completion`` (messages)
+tokens     ``prompt`` (messages), ``completion`` (messages); optional ``scores`` ({attribute: number})
 pairs      ``prompt``, ``chosen``, ``rejected``; optional ``margin`` (float), ``label`` (P(chosen>rejected))
 ranked     ``prompt``, ``completions`` (list of messages, best first)
 prompts    ``prompt``

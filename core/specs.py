@@ -43,7 +43,9 @@ class MethodSpec(_Spec):
     Attributes:
         name: ``method=<name>``.
         build: ``build(context) -> Objective``; ``context`` is an :class:`alignkit.context.RunContext`.
-        consumes: record kind the objective trains on (one of ``RECORD_KINDS``).
+        consumes: record kind the objective trains on (one of ``RECORD_KINDS``), or a function of
+            the run config returning one (a method whose data depends on its loss, e.g. reward
+            models: pairs for Bradley-Terry, ranked lists for K-wise).
         needs_reference: load a frozen copy of the initial policy as ``context.reference``.
         schema: dataclass typing ``cfg.method`` (must have a ``name: str`` field).
         summary: one line for ``alignkit ls methods``.
@@ -51,14 +53,21 @@ class MethodSpec(_Spec):
 
     KIND = "methods"
     build: Callable[..., Any] = None  # type: ignore[assignment]
-    consumes: str = "tokens"
+    consumes: str | Callable[[Any], str] = "tokens"
     needs_reference: bool = False
     schema: type | None = None
     summary: str = ""
 
     def __post_init__(self) -> None:
-        if self.consumes not in RECORD_KINDS:
+        if not callable(self.consumes) and self.consumes not in RECORD_KINDS:
             raise ValueError(f"method '{self.name}': consumes={self.consumes!r}, expected one of {RECORD_KINDS}")
+
+    def kind_for(self, cfg: Any) -> str:
+        """The record kind this method consumes under run config ``cfg``."""
+        kind = self.consumes(cfg) if callable(self.consumes) else self.consumes
+        if kind not in RECORD_KINDS:
+            raise ValueError(f"method '{self.name}' asked for records of kind {kind!r}; expected one of {RECORD_KINDS}")
+        return kind
 
 
 @dataclass(frozen=True)

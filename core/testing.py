@@ -1,21 +1,70 @@
-"""``alignkit.testing``: pytest fixtures for alignkit and plugin authors (a ``pytest11`` plugin).
+"""``alignkit.testing``: a pytest plugin for alignkit and for plugin authors (entry point ``pytest11``).
 
-Fixtures:
+Installed with alignkit, so any test suite gets these fixtures without a ``conftest.py``:
+
+    alignkit_plugins: ``use(*plugins)`` -> a fresh process-wide plugin manager (built-ins, installed
+        entry points, plus ``plugins`` registered in-process); the previous one is restored after
+        the test.
     alignkit_compose: ``compose(*overrides)`` -> a validated run config on ``model=tiny``.
-    alignkit_run: ``run(*overrides, run_dir=None)`` -> trains with the CLI's code path, returns
+    alignkit_run: ``run(*overrides, run_dir=None)`` -> trains with the CLI's code path and returns
         the :class:`alignkit.loop.RunResult`.
+    alignkit_data: ``data(kind)`` -> overrides pointing at a small synthetic dataset of that record
+        kind (``tokens``, ``pairs``, ``ranked``, ``prompts``), written to the test's ``tmp_path``.
+
+and the conformance checks, plain functions that raise :class:`ConformanceError` (an
+``AssertionError``) naming what is wrong::
+
+    from alignkit.testing import check_method, check_scorer
+
+    def test_conformance(tmp_path):
+        check_method("simpo", tmp_path=tmp_path)
+
+:func:`check_method` proves that a method composes and validates, that its loss is finite and
+differentiable, that two training steps run, that a checkpoint resumes to the same weights, and that
+its names (registry entries, config files) collide with nobody. Everything runs on ``model=tiny``
+with synthetic data: no network, no user files, seconds per method.
+
+Heavy imports are deferred: pytest loads this module at start-up in every project that has
+alignkit installed.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pytest
 
 TINY_DEFAULTS = ("model=tiny", "trainer.progress=false", "trainer.tensorboard=false")
 
+#: The built-in data format that reads each record kind's synthetic file.
+SYNTHETIC_FORMATS = {"tokens": "prompt_completion", "pairs": "pairwise", "ranked": "ranked", "prompts": "prompts"}
 
+#: Small lengths and batches keep a conformance run to seconds on a CPU.
+SMALL_RUN = ("data.max_length=96", "data.max_prompt_length=64", "trainer.batch_size=2",
+             "trainer.eval_batch_size=4", "trainer.log_every=1", "trainer.eval_every=0")
+
+#: Hydra config groups whose options a plugin may ship (``<group>/<option>.yaml``).
+CONFIG_GROUPS = ("method", "model", "data", "trainer", "rollout", "scorer", "loss", "experiment")
+
+#: The scorer :func:`check_method` adds for methods that consume prompts when none is configured.
+TESTING_SCORER = "alignkit_testing_length"
+
+
+class ConformanceError(AssertionError):
+    """A plugin does not meet alignkit's contract; the message says which check and why."""
+
+
+def _fail(name: str, check: str, why: str) -> ConformanceError:
+    return ConformanceError(f"check_method('{name}'): {check}: {why}")
+
+
+# ----------------------------------------------------------------------------- composing and running
 def compose_run_config(*overrides: str, run_dir: str | Path | None = None) -> Any:
     """Compose ``train.yaml`` on ``model=tiny`` with ``overrides`` and validate it."""
     from alignkit.compose import compose, validate
@@ -34,14 +83,458 @@ def run_training(*overrides: str, run_dir: str | Path) -> Any:
     return train(cfg, Path(run_dir))
 
 
+# ----------------------------------------------------------------------------- plugin managers
+def use_plugins(*plugins: Any, entry_points: Iterable[Any] | None = None,
+                builtins: Iterable[str] | None = None) -> Any:
+    """Install a fresh process-wide plugin manager and return it (loaded).
+
+    Args:
+        plugins: plugin modules or objects with hook implementations, registered in-process after the
+            built-ins (as ``(name, plugin)`` pairs, or bare, named after their ``__name__``).
+        entry_points: the entry points to consider (default: the installed ``alignkit`` group; pass
+            ``[]`` for built-ins only).
+        builtins: built-in plugin modules (default: all of them).
+    """
+    from alignkit import compose
+    from alignkit.plugin_manager import BUILTIN_PLUGINS, PluginManager, set_manager
+
+    extra = [p if isinstance(p, tuple) else (getattr(p, "__name__", type(p).__name__), p) for p in plugins]
+    set_manager(None)
+    compose.reset()
+    manager = PluginManager(builtins=BUILTIN_PLUGINS if builtins is None else builtins,
+                            entry_points=entry_points, extra=extra).load()
+    set_manager(manager)
+    return manager
+
+
+# ----------------------------------------------------------------------------- synthetic data
+def synthetic_rows(kind: str, n: int = 16) -> list[dict]:
+    """``n`` small rows of a record kind, in the format :data:`SYNTHETIC_FORMATS` names for it."""
+    rows = []
+    for i in range(n):
+        prompt = f"Question {i}: what is {i} plus {i}?"
+        good, bad, meh = f"It is {2 * i}.", f"I will not answer question {i}.", f"Maybe {2 * i + 1}."
+        if kind == "tokens":
+            rows.append({"prompt": prompt, "completion": good})
+        elif kind == "pairs":
+            rows.append({"prompt": prompt, "chosen": good, "rejected": bad})
+        elif kind == "ranked":
+            rows.append({"prompt": prompt, "completions": [good, meh, bad]})
+        elif kind == "prompts":
+            rows.append({"prompt": prompt})
+        else:
+            raise ValueError(f"unknown record kind {kind!r}; expected one of {tuple(SYNTHETIC_FORMATS)}")
+    return rows
+
+
+def synthetic_data(kind: str, folder: str | Path, n: int = 16) -> list[str]:
+    """Write ``n`` synthetic rows of ``kind`` to ``folder`` and return the overrides that train on them.
+
+    A quarter of the rows is held out, so ``evaluate`` runs too.
+    """
+    path = Path(folder) / f"synthetic_{kind}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in synthetic_rows(kind, n)))
+    return ["data=custom", f"data.path={path}", f"data.format={SYNTHETIC_FORMATS[kind]}", "data.eval_fraction=0.25"]
+
+
+# ----------------------------------------------------------------------------- the testing scorer
+def _length_reward(batch: dict) -> Any:
+    """Reward = completion length in characters / 100: deterministic, cheap, varies between samples."""
+    import torch
+
+    if "completions" in batch:
+        return torch.tensor([len(str(c)) / 100.0 for c in batch["completions"]], dtype=torch.float32)  # (B,)
+    mask = batch.get("completion_mask", batch.get("attention_mask"))
+    return mask.float().sum(-1).cpu() / 100.0  # (B,)
+
+
+class _TestingScorers:
+    """An in-process plugin giving :func:`check_method` a scorer for online methods."""
+
+    @staticmethod
+    def register_scorers(register: Callable) -> None:
+        from alignkit.specs import ScorerSpec
+
+        register(ScorerSpec(name=TESTING_SCORER, build=lambda ctx, cfg: _length_reward,
+                            summary="completion length / 100 (alignkit.testing)"))
+
+
+def _testing_plugin() -> Any:
+    from alignkit.hookspecs import hookimpl
+
+    plugin = _TestingScorers()
+    plugin.register_scorers = hookimpl(_TestingScorers.register_scorers)  # type: ignore[method-assign]
+    return plugin
+
+
+# ----------------------------------------------------------------------------- names and config files
+def _config_root(url: str) -> Path | None:
+    import importlib.resources
+
+    if url.startswith("pkg://"):
+        try:
+            return Path(str(importlib.resources.files(url[len("pkg://"):].replace("/", "."))))
+        except (ModuleNotFoundError, TypeError):
+            return None
+    return Path(url[len("file://"):] if url.startswith("file://") else url)
+
+
+def config_options(registry: Any) -> dict[tuple[str, str], list[str]]:
+    """``(group, option)`` -> owners of every config file on the search path (core's as ``alignkit``)."""
+    dirs = [("pkg://alignkit.conf", "alignkit")] + [(d, str(owner)) for d, owner in registry.config_dirs]
+    found: dict[tuple[str, str], list[str]] = {}
+    for url, owner in dirs:
+        root = _config_root(url)
+        if root is None or not root.is_dir():
+            continue
+        for group in CONFIG_GROUPS:
+            folder = root / group
+            if folder.is_dir():
+                for path in sorted(folder.glob("*.yaml")):
+                    found.setdefault((group, path.stem), []).append(owner)
+    return found
+
+
+def _check_names(name: str, manager: Any, spec: Any) -> str:
+    registry = manager.registry
+    owner = registry.owner("methods", name)
+    own = {str(owner)} | ({"alignkit"} if owner.distribution == "alignkit" else set())
+    for failure in manager.failures:
+        if failure.distribution == owner.distribution:
+            raise _fail(name, "plugin loads", str(failure))
+    options = config_options(registry)
+    clashes = [f"{group}/{option}.yaml is shipped by {' and by '.join(owners)}"
+               for (group, option), owners in sorted(options.items()) if len(owners) > 1 and own & set(owners)]
+    if clashes:
+        raise _fail(name, "names do not collide", "; ".join(clashes) + " (Hydra would silently use the first)")
+    if ("method", name) not in options:
+        raise _fail(name, "config file", f"no method/{name}.yaml in any config dir; ship one in the folder your "
+                                         "register_config_dirs hook returns")
+    return str(owner)
+
+
+# ----------------------------------------------------------------------------- check_method
+def _schema_probe(schema: Any) -> str | None:
+    """A ``method.<field>=<wrong type>`` override the schema must reject, or None."""
+    for f in fields(schema):
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        if kind in ("float", "int"):
+            return f"method.{f.name}=not_a_number"
+    return None
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _weights(folder: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    state: dict[str, Any] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(shard)))
+    return state
+
+
+def check_method(name: str, *overrides: str, tmp_path: str | Path | None = None, steps: int = 2,
+                 resume: bool = True, atol: float = 1e-5) -> dict[str, Any]:
+    """Run alignkit's conformance checks on method ``name``; raise :class:`ConformanceError` on failure.
+
+    Checks, in order:
+
+    1. **registered**: the method is in the registry, its plugin loaded without failure, and none of
+       its config files (``<group>/<option>.yaml``) is shipped by another plugin or by core.
+    2. **composes**: ``method=<name>`` composes and validates on ``model=tiny``; ``cfg.method`` is
+       typed by the spec's schema, so a wrong value type fails at composition.
+    3. **loss**: on one batch, the objective returns a finite scalar ``LossOutput.loss`` with finite
+       metrics, and its gradient reaches the parameters (finite, not all zero).
+    4. **trains**: ``steps`` optimizer steps run, writing finite losses, a checkpoint per step and the
+       final model.
+    5. **resumes**: a copy of that run cut back to its first checkpoint and resumed ends with the same
+       weights (to ``atol``) and logs the same losses.
+
+    Data: unless ``overrides`` set ``data=``/``data.*``, a synthetic dataset of the method's record
+    kind is written to ``tmp_path``. Methods that consume prompts (online methods) and have no scorer
+    configured get a testing scorer (completion length) registered in-process.
+
+    Args:
+        name: the method (``method=<name>``).
+        overrides: extra Hydra overrides (``method.beta=0.5``, ``loss=ipo``, ``scorer=mine`` ...).
+        tmp_path: where runs are written (default: a temporary folder, removed afterwards).
+        steps: optimizer steps of the training check (at least 2 when ``resume``).
+        resume: run the resume check.
+        atol: tolerance of the resumed-weights comparison.
+
+    Returns:
+        A report: method, owner, record kind, first loss, losses per step, checks passed.
+    """
+    from omegaconf import OmegaConf
+
+    from alignkit.errors import AlignkitError, ConfigError
+    from alignkit.plugin_manager import get_manager, set_manager
+
+    if resume and steps < 2:
+        raise ValueError("check_method: resume=True needs steps >= 2")
+    own_tmp = tmp_path is None
+    root = Path(tempfile.mkdtemp(prefix=f"alignkit-check-{name}-") if own_tmp else tmp_path) / f"check_{name}"
+    root.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"method": name, "checks": []}
+    previous = get_manager()
+    manager = previous
+    try:
+        # 1. registered, names do not collide
+        if ("methods", name) not in manager.registry:
+            failures = "; ".join(str(f) for f in manager.failures)
+            raise _fail(name, "registered", f"no method '{name}' (registered: {', '.join(manager.registry.names('methods'))})"
+                        + (f"; plugin failures: {failures}" if failures else ""))
+        spec = manager.registry.get("methods", name)
+        report["owner"] = _check_names(name, manager, spec)
+        report["checks"].append("registered")
+
+        # 2. composes and validates, typed by its schema
+        try:
+            cfg = compose_run_config(f"method={name}", *overrides)
+        except AlignkitError as exc:
+            raise _fail(name, "composes", str(exc)) from exc
+        if cfg.method.name != name:
+            raise _fail(name, "composes", f"method/{name}.yaml sets method.name={cfg.method.name!r}")
+        if spec.schema is not None:
+            typed = OmegaConf.get_type(cfg.method)
+            if typed is not spec.schema:
+                raise _fail(name, "composes", f"cfg.method is {getattr(typed, '__name__', typed)}, not the schema "
+                            f"{spec.schema.__name__}; put '/schema/method/{name}@method' first in the defaults of "
+                            f"method/{name}.yaml")
+            probe = _schema_probe(spec.schema) if is_dataclass(spec.schema) else None
+            if probe is not None:
+                try:
+                    compose_run_config(f"method={name}", *overrides, probe)
+                except ConfigError:
+                    pass
+                else:
+                    raise _fail(name, "composes", f"'{probe}' was accepted; the schema does not type cfg.method")
+        kind = spec.kind_for(cfg)
+        report["kind"] = kind
+        data = [] if any(o.split("=", 1)[0].lstrip("+~").split(".")[0] == "data" for o in overrides) \
+            else synthetic_data(kind, root)
+        extra: list[str] = []
+        if kind == "prompts" and cfg.scorer.name == "none" and not any(o.startswith("scorer") for o in overrides):
+            if ("scorers", TESTING_SCORER) not in manager.registry:
+                manager = use_plugins(("alignkit.testing", _testing_plugin()), entry_points=previous._entry_points,
+                                      builtins=previous._builtins)
+            extra = [f"scorer.name={TESTING_SCORER}"]
+        full = [f"method={name}", *SMALL_RUN, *data, *extra, *overrides]
+        try:
+            cfg = compose_run_config(*full)
+        except AlignkitError as exc:
+            raise _fail(name, "composes", f"with synthetic {kind} data: {exc}") from exc
+        report["checks"].append("composes")
+
+        # 3. loss finite and differentiable
+        report["loss"] = _check_loss(name, cfg, root / "probe")
+        report["checks"].append("loss")
+
+        # 4. two training steps, a checkpoint per step
+        from alignkit.checkpoint import list_checkpoints
+        from alignkit.loop import train
+        from alignkit.metrics import read_metrics
+
+        run_cfg = compose_run_config(*full, f"trainer.max_steps={steps}", "trainer.save_every=1",
+                                     f"trainer.keep_last={steps}")
+        first = root / "run"
+        try:
+            result = train(run_cfg, first)
+        except AlignkitError as exc:
+            raise _fail(name, "trains", str(exc)) from exc
+        losses = [r["loss"] for r in read_metrics(first) if r.get("split") == "train"]
+        if result.steps != steps or len(losses) != steps or not all(_finite(v) for v in losses):
+            raise _fail(name, "trains", f"{result.steps} steps, train losses {losses}; expected {steps} finite")
+        saved = [p.name for p in list_checkpoints(first)]
+        if len(saved) != steps or result.final_model is None or not _weights(result.final_model):
+            raise _fail(name, "trains", f"checkpoints {saved}, final model {result.final_model}")
+        report["losses"] = losses
+        report["checks"].append("trains")
+
+        # 5. resume from the first checkpoint ends where the uninterrupted run ended
+        if resume:
+            second = root / "resumed"
+            shutil.copytree(first, second)
+            for checkpoint in list_checkpoints(second)[1:]:
+                shutil.rmtree(checkpoint)
+            shutil.rmtree(second / "final")
+            try:
+                resumed = train(compose_run_config(*full, f"trainer.max_steps={steps}", "trainer.save_every=1",
+                                                   f"trainer.keep_last={steps}", f"resume={second}"), second)
+            except AlignkitError as exc:
+                raise _fail(name, "resumes", str(exc)) from exc
+            _compare_runs(name, first, second, result.final_model, resumed.final_model, atol)
+            report["checks"].append("resumes")
+    finally:
+        if manager is not previous:
+            set_manager(previous)
+            from alignkit import compose
+
+            compose.reset()
+        if own_tmp:
+            shutil.rmtree(root.parent, ignore_errors=True)
+    return report
+
+
+def _check_loss(name: str, cfg: Any, run_dir: Path) -> float:
+    import torch
+
+    from alignkit.errors import AlignkitError
+    from alignkit.loop import Trainer
+    from alignkit.metrics import to_float
+
+    try:
+        trainer = Trainer(cfg, run_dir)
+        batch = next(trainer._update_stream())
+        out = trainer.objective(batch)
+    except AlignkitError as exc:
+        raise _fail(name, "loss", str(exc)) from exc
+    loss = getattr(out, "loss", None)
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise _fail(name, "loss", f"the objective must return LossOutput(loss=<0-dim tensor>, ...), got {out!r:.200}")
+    if not torch.isfinite(loss):
+        raise _fail(name, "loss", f"loss is {float(loss)} on the first batch")
+    bad = {k: v for k, v in out.metrics.items() if not _finite(to_float(v))}
+    if bad:
+        raise _fail(name, "loss", f"non-finite metrics {bad}")
+    if not loss.requires_grad:
+        raise _fail(name, "loss", "loss does not require grad (detached, or computed under no_grad)")
+    loss.backward()
+    params = [p for p in trainer.policy.parameters() if p.requires_grad]
+    params += list(getattr(trainer.objective, "extra_parameters", lambda: [])())
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        raise _fail(name, "loss", "no parameter received a gradient")
+    if not all(torch.isfinite(g).all() for g in grads):
+        raise _fail(name, "loss", "a gradient is NaN or inf")
+    if not any(bool(g.abs().sum() > 0) for g in grads):
+        raise _fail(name, "loss", "every gradient is zero")
+    value = float(loss.detach())
+    del trainer
+    return value
+
+
+def _compare_runs(name: str, first: Path, second: Path, final_a: Path | None, final_b: Path | None,
+                  atol: float) -> None:
+    import torch
+
+    from alignkit.metrics import read_metrics
+
+    if final_a is None or final_b is None:
+        raise _fail(name, "resumes", "no final model")
+    a, b = _weights(final_a), _weights(final_b)
+    if a.keys() != b.keys():
+        raise _fail(name, "resumes", f"the resumed model has other tensors: {sorted(a.keys() ^ b.keys())[:3]}")
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    if worst > atol:
+        raise _fail(name, "resumes", f"weights after resuming differ by up to {worst:.3g} (> {atol}) from an "
+                                     "uninterrupted run; save and restore every state the objective and rollout "
+                                     "keep (state_dict / load_state_dict)")
+    losses_a = [r["loss"] for r in read_metrics(first) if r.get("split") == "train"]
+    losses_b = [r["loss"] for r in read_metrics(second) if r.get("split") == "train"]
+    if len(losses_a) != len(losses_b) or any(abs(x - y) > max(atol, 1e-4 * abs(x)) for x, y in zip(losses_a, losses_b)):
+        raise _fail(name, "resumes", f"logged losses {losses_b} after resuming, {losses_a} uninterrupted")
+
+
+# ----------------------------------------------------------------------------- check_scorer
+def check_scorer(name: str, *overrides: str, batch: dict | None = None) -> Any:
+    """Conformance of scorer ``name``: composes typed, builds, returns finite float rewards (B,) or (B, A).
+
+    Args:
+        name: the scorer (``scorer=<name>``).
+        overrides: extra Hydra overrides (``scorer.include=[Paris]`` ...).
+        batch: the batch to score (default: 4 chat prompts with text completions, the shape online
+            rollouts produce: ``prompts`` lists of messages, ``completions`` strings).
+
+    Returns:
+        The rewards tensor.
+    """
+    import torch
+    from omegaconf import OmegaConf
+
+    from alignkit.context import RunContext
+    from alignkit.errors import AlignkitError
+    from alignkit.models import load_model
+    from alignkit.plugin_manager import get_manager
+
+    def fail(check: str, why: str) -> ConformanceError:
+        return ConformanceError(f"check_scorer('{name}'): {check}: {why}")
+
+    registry = get_manager().registry
+    if ("scorers", name) not in registry:
+        raise fail("registered", f"no scorer '{name}' (registered: {', '.join(registry.names('scorers'))})")
+    spec = registry.get("scorers", name)
+    try:
+        cfg = compose_run_config(f"scorer={name}", *overrides)
+    except AlignkitError as exc:
+        raise fail("composes", str(exc)) from exc
+    if cfg.scorer.name != name:
+        raise fail("composes", f"scorer/{name}.yaml sets scorer.name={cfg.scorer.name!r}")
+    if spec.schema is not None and OmegaConf.get_type(cfg.scorer) is not spec.schema:
+        raise fail("composes", f"cfg.scorer is not typed by {spec.schema.__name__}; put "
+                               f"'/schema/scorer/{name}@_here_' first in the defaults of scorer/{name}.yaml")
+    from accelerate import Accelerator
+
+    policy, tokenizer = load_model(cfg.model)
+    ctx = RunContext(cfg=cfg, run_dir=Path(tempfile.gettempdir()), registry=registry, policy=policy,
+                     tokenizer=tokenizer, accelerator=Accelerator(cpu=True), kind="prompts")
+    if batch is None:
+        rows = synthetic_rows("pairs", 4)
+        batch = {"prompts": [[{"role": "user", "content": r["prompt"]}] for r in rows],
+                 "completions": [r["chosen"] if i % 2 else r["rejected"] for i, r in enumerate(rows)]}
+    try:
+        rewards = spec.build(ctx, cfg.scorer)(batch)
+    except AlignkitError as exc:
+        raise fail("scores", str(exc)) from exc
+    n = len(batch.get("prompts") or batch["input_ids"])
+    if not isinstance(rewards, torch.Tensor) or rewards.dim() not in (1, 2) or rewards.shape[0] != n:
+        raise fail("scores", f"expected a tensor (B,) or (B, A) with B={n}, got {rewards!r:.200}")
+    if not rewards.is_floating_point() or not torch.isfinite(rewards).all():
+        raise fail("scores", f"rewards must be finite floats, got {rewards}")
+    return rewards
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture
+def alignkit_plugins() -> Any:
+    """``use(*plugins, entry_points=None, builtins=None)`` -> a fresh plugin manager (restored after)."""
+    import alignkit.plugin_manager as pm
+    from alignkit import compose
+
+    saved = pm._MANAGER  # None (not loaded yet) is restored as None
+    yield use_plugins
+    pm.set_manager(saved)
+    compose.reset()
+
+
 @pytest.fixture
 def alignkit_compose() -> Callable[..., Any]:
+    """``compose(*overrides)`` -> a validated run config on ``model=tiny``."""
     return compose_run_config
 
 
 @pytest.fixture
 def alignkit_run(tmp_path: Path) -> Callable[..., Any]:
+    """``run(*overrides, run_dir=None)`` -> :class:`alignkit.loop.RunResult` of a training run."""
+
     def run(*overrides: str, run_dir: str | Path | None = None) -> Any:
         return run_training(*overrides, run_dir=run_dir or tmp_path / "run")
 
     return run
+
+
+@pytest.fixture
+def alignkit_data(tmp_path: Path) -> Callable[..., list[str]]:
+    """``data(kind, n=16)`` -> overrides training on ``n`` synthetic rows of that record kind."""
+
+    def data(kind: str, n: int = 16) -> list[str]:
+        return synthetic_data(kind, tmp_path / "data", n)
+
+    return data

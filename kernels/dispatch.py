@@ -8,7 +8,8 @@ per-call ``backend=`` that wins over the process-wide setting.
 Triton is imported only when a Triton path is first needed, so ``import alignkit.kernels`` stays
 cheap and works where Triton is not installed. Triton decides between compiled GPU kernels and
 its CPU interpreter when a ``@triton.jit`` decorator runs, that is, when our kernel modules are
-imported; so for CPU tensors we set ``TRITON_INTERPRET=1`` just before that first import.
+imported (and, for triton's own jit'd helpers such as ``tl.zeros``, when ``triton`` itself is
+imported); so for CPU tensors we set ``TRITON_INTERPRET=1`` just before the first import of triton.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 from types import ModuleType
 
 import torch
@@ -118,6 +120,12 @@ def load_triton_module(name: str, device: torch.device) -> ModuleType:
     """
     if name not in _loaded:
         if device.type != "cuda" and not _interpreter_on():
+            if "triton" in sys.modules and not _triton_interpreted():
+                raise RuntimeError(
+                    "triton was imported without its CPU interpreter, so Triton kernels cannot "
+                    f"run on {device.type} tensors: set TRITON_INTERPRET=1 before importing triton "
+                    "(or use backend='torch')"
+                )
             os.environ["TRITON_INTERPRET"] = "1"
         module = importlib.import_module(f"alignkit.kernels.{name}")
         _loaded[name] = (module, _interpreter_on())
@@ -129,6 +137,14 @@ def load_triton_module(name: str, device: torch.device) -> ModuleType:
             "(or use backend='torch')"
         )
     return module
+
+
+def _triton_interpreted() -> bool:
+    # triton's own @jit helpers (tl.zeros, tl.sum...) were decorated when triton was imported.
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(tl.zeros, InterpretedFunction)
 
 
 def triton_interpreted(name: str) -> bool:

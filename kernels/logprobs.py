@@ -201,10 +201,11 @@ def linear_token_logprobs(
     with an online log-sum-exp over vocabulary blocks. Nothing is kept for the backward when no
     gradient is needed (inference, a reference model under ``no_grad``).
 
-    Gradients: ``d logp / d hidden`` is computed in the forward pass (exact: token ``i``'s row
-    only depends on ``h_i``, so the backward scales it by ``grad_output_i``); ``d logp / d weight``
-    sums over tokens weighted by their own upstream gradients, so it is computed in the backward
-    by recomputing each chunk's logits (see ``docs/kernels.md``).
+    Gradients (torch backend): ``d logp / d hidden`` is computed in the forward pass (exact: row
+    ``i`` depends on ``h_i`` only, so the backward scales it by ``grad_output_i``);
+    ``dL/dweight = Σ_i grad_output_i · d logp_i / d weight`` needs every token's own upstream
+    gradient, so the backward recomputes each chunk's logits once for it. The Triton backend
+    recomputes in its backward kernel for both (see ``docs/kernels.md``).
 
     Args:
         hidden: (B, T, d) final hidden states, any float dtype.

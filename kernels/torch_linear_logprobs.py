@@ -73,14 +73,20 @@ def linear_forward(
         z = hidden[s:e].to(acc) @ w.T  # (C, V)
         if temperature != 1.0:
             z.div_(temperature)
-        lse_c = torch.logsumexp(z, dim=-1)  # (C,)
+        zy = z.gather(1, safe[s:e, None]).squeeze(1)  # (C,)
+        # One exp pass over the chunk, in place: e = exp(z - m), lse = m + log Σ e.
+        m = z.amax(dim=-1)  # (C,)
+        zm = z.sub_(m[:, None])  # (C, V)
+        ex = zm.exp() if ent is not None else zm.exp_()  # (C, V)
+        se = ex.sum(dim=-1)  # (C,)
+        lse_c = m + se.log()  # (C,)
         lse[s:e] = lse_c
-        logp[s:e] = z.gather(1, safe[s:e, None]).squeeze(1) - lse_c
+        logp[s:e] = zy - lse_c
         if ent is not None:
-            pz = (z - lse_c[:, None]).exp_().mul_(z)  # (C, V)
-            ent[s:e] = lse_c - pz.sum(dim=-1)
+            # H = lse - Σ p z = log Σ e - Σ e (z - m) / Σ e
+            ent[s:e] = se.log() - torch.linalg.vecdot(ex, zm) / se
         if dh is not None:
-            dz = z.sub_(lse_c[:, None]).exp_().neg_()  # (C, V) -p
+            dz = ex.div_(se[:, None]).neg_()  # (C, V) -p
             dz.scatter_add_(1, safe[s:e, None], torch.ones_like(dz[:, :1]))
             dz.mul_((valid[s:e, None] / temperature).to(acc))
             torch.mm(dz, w, out=dh[s:e])
@@ -145,13 +151,13 @@ def linear_backward(
         if temperature != 1.0:
             z.div_(temperature)
         logp_all = z.sub_(lse[s:e, None].to(acc))  # (C, V) log p
-        p = logp_all.exp()  # (C, V)
         if ge is not None:
             assert ent is not None
+            p = logp_all.exp()  # (C, V)
             dz = logp_all.add_(ent[s:e, None].to(acc)).mul_(p).mul_(-ge[s:e, None])  # (C, V)
             dz.sub_(p.mul_(g[s:e, None]))
         else:
-            dz = p.mul_(-g[s:e, None])  # (C, V)
+            dz = logp_all.exp_().mul_(-g[s:e, None])  # (C, V) -g p, in place
         dz.scatter_add_(1, safe[s:e, None], g[s:e, None])
         if temperature != 1.0:
             dz.div_(temperature)

@@ -113,8 +113,15 @@ def test_forced_triton_on_cpu_sets_interpreter_lazily() -> None:
         "print(os.environ['TRITON_INTERPRET'], 'triton' in sys.modules)\n"
     )
     assert _run(code) == "1 True"
-    # Importing triton itself first is fine: the interpreter is chosen when our kernels are decorated.
-    assert _run("import triton\n" + code) == "1 True"
+    # triton imported without the interpreter: a one-line error saying what to do.
+    out = _run(
+        "import triton, torch, alignkit.kernels as K\n"
+        "try:\n"
+        "    K.token_logprobs(torch.randn(1, 2, 5), torch.tensor([[1, 2]]), backend='triton')\n"
+        "except RuntimeError as e:\n"
+        "    print(e)\n"
+    )
+    assert "set TRITON_INTERPRET=1 before importing triton" in out and "\n" not in out
     # A process-wide ALIGNKIT_KERNELS=triton behaves the same.
     assert _run(code.replace("K.set_backend('auto'); K.token_logprobs(x, y)\n", "")
                 .replace("assert 'triton' not in sys.modules\n", ""), ALIGNKIT_KERNELS="triton") \

@@ -74,17 +74,44 @@ class DatasetRollout:
             batches = [batches[i] for i in perm]
         return batches
 
+    def _batch(self, examples: list[dict], indices: list[int]) -> dict:
+        batch = self.collate([examples[i] for i in indices], self.pad_id)
+        batch["index"] = torch.tensor(indices)  # (B,) positions in the train / held-out list
+        return batch
+
     def next_batch(self, policy: Any = None) -> dict:
         if self.index >= len(self._batches):
             self.epoch, self.index = self.epoch + 1, 0
             self._batches = self._plan(self.epoch)
-        examples = [self.train[i] for i in self._batches[self.index]]
+        batch = self._batch(self.train, self._batches[self.index])
         self.index += 1
-        return self.collate(examples, self.pad_id)
+        return batch
+
+    def _eval_plan(self) -> list[list[int]]:
+        n, size = len(self.held_out), self.eval_batch_size
+        return [list(range(start, min(start + size, n))) for start in range(0, n, size)]
 
     def eval_batches(self) -> Iterator[dict]:
-        for start in range(0, len(self.held_out), self.eval_batch_size):
-            yield self.collate(self.held_out[start:start + self.eval_batch_size], self.pad_id)
+        for indices in self._eval_plan():
+            yield self._batch(self.held_out, indices)
+
+    def all_batches(self, split: str) -> Iterator[dict]:
+        """Every example of ``train`` or ``eval`` once, grouped as the first epoch / evaluation sees them.
+
+        The grouping matters for exactness: a value precomputed here (a reference log-prob) comes from
+        the very same padded batch the training step will use in the first epoch.
+        """
+        if split == "eval":
+            yield from self.eval_batches()
+            return
+        planned = self._plan(0)
+        seen = {i for batch in planned for i in batch}
+        tail = [i for i in range(len(self.train)) if i not in seen]  # the ragged tail, dropped this epoch
+        for indices in planned + [tail[i:i + self.batch_size] for i in range(0, len(tail), self.batch_size)]:
+            yield self._batch(self.train, indices)
+
+    def __len__(self) -> int:
+        return len(self.train)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "index": self.index}

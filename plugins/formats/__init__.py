@@ -1,4 +1,4 @@
-"""Built-in data formats: chat, prompt_completion, pairwise, ranked, prompts, hh_rlhf."""
+"""Built-in data formats: chat, prompt_completion, scored, pairwise, ranked, prompts, hh_rlhf."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ def register_data_formats(register):
     register(DataFormatSpec(name="chat", parse=parsers.parse_chat, produces="tokens", required=("messages",)))
     register(DataFormatSpec(name="prompt_completion", parse=parsers.parse_prompt_completion, produces="tokens",
                             required=("prompt", "completion")))
+    register(DataFormatSpec(name="scored", parse=parsers.parse_scored, produces="tokens",
+                            required=("prompt", "completion", "scores")))
     register(DataFormatSpec(name="pairwise", parse=parsers.parse_pairwise, produces="pairs",
                             required=("prompt", "chosen", "rejected")))
     register(DataFormatSpec(name="ranked", parse=parsers.parse_ranked, produces="ranked",

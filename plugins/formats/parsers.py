@@ -26,6 +26,19 @@ def parse_prompt_completion(row: dict) -> dict:
             "completion": as_messages(row["completion"], "assistant", "completion")}
 
 
+def parse_scored(row: dict) -> dict:
+    """Scored answers: ``{"prompt", "completion", "scores": {attribute: number}}`` (attribute regression)."""
+    record = parse_prompt_completion(row)
+    scores = row["scores"]
+    if not isinstance(scores, dict) or not scores:
+        raise ValueError(f"field 'scores' must be a non-empty object of attribute -> number, got {type(scores).__name__}")
+    for key, value in scores.items():
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise ValueError(f"field 'scores.{key}' must be a number or null, got {type(value).__name__}")
+    record["scores"] = {str(k): (None if v is None else float(v)) for k, v in scores.items()}
+    return record
+
+
 def parse_pairwise(row: dict) -> dict:
     """Preference pairs: ``{"prompt", "chosen", "rejected"}``, optional ``margin`` and soft ``label``."""
     record = {"prompt": as_messages(row["prompt"], "user", "prompt"),

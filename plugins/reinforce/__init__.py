@@ -1,13 +1,19 @@
-"""Built-in REINFORCE losses and baselines (RLOO, group-normalised, moving average)."""
+"""Built-in method ``reinforce`` (REINFORCE / RLOO) and its losses and baselines."""
 
 from __future__ import annotations
 
 from alignkit.hookspecs import hookimpl
-from alignkit.specs import LossSpec
+from alignkit.specs import LossSpec, MethodSpec
 
-from . import losses
+from . import losses, objective
 
 _LOSSES = ("rloo_advantages", "group_normalized_advantages", "moving_average_baseline", "policy_gradient")
+
+
+@hookimpl
+def register_methods(register):
+    register(MethodSpec(name="reinforce", build=objective.build, consumes="prompts", needs_reference=True,
+                        schema=objective.ReinforceConfig))
 
 
 @hookimpl

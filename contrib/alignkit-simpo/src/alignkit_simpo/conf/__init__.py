@@ -1,0 +1,1 @@
+"""Hydra configs of alignkit-simpo (``pkg://alignkit_simpo.conf``): ``method/simpo.yaml``."""

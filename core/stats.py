@@ -1,0 +1,50 @@
+"""Small statistics for held-out metrics: intervals that say how much a number can be trusted."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a proportion (Wilson, 1927); well-behaved near 0 and 1 and for small n.
+
+    center = (p̂ + z²/2n) / (1 + z²/n),  half-width = z·sqrt(p̂(1−p̂)/n + z²/4n²) / (1 + z²/n).
+    """
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    denom = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (center - half, center + half)
+
+
+def mean_interval(values: torch.Tensor, z: float = Z95) -> tuple[float, float, float]:
+    """Mean and normal-approximation 95% interval of the mean: x̄ ± z·s/sqrt(n) (s: sample std)."""
+    values = values.double().reshape(-1)  # (n,)
+    n = values.numel()
+    mean = float(values.mean()) if n else float("nan")
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    half = z * float(values.std(unbiased=True)) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def preference_summary(correct: torch.Tensor, margin: torch.Tensor, prefix: str = "") -> dict[str, float]:
+    """Accuracy (ties count one half) with its Wilson interval, mean margin with its interval, and n."""
+    n = correct.numel()
+    successes = float(correct.double().sum())
+    low, high = wilson_interval(successes, n)
+    mean, m_low, m_high = mean_interval(margin)
+    return {f"{prefix}accuracy": successes / max(n, 1), f"{prefix}accuracy_ci_low": low,
+            f"{prefix}accuracy_ci_high": high, f"{prefix}margin": mean, f"{prefix}margin_ci_low": m_low,
+            f"{prefix}margin_ci_high": m_high, f"{prefix}pairs": float(n)}
+
+
+def preference_correct(margin: torch.Tensor) -> torch.Tensor:
+    """1 where the chosen answer wins, 0 where it loses, 1/2 on an exact tie (e.g. at initialisation)."""
+    return (margin > 0).float() + 0.5 * (margin == 0).float()

@@ -1,0 +1,163 @@
+"""REINFORCE with a baseline (and RLOO / group-normalised advantages) on sampled completions.
+
+Williams 1992 (REINFORCE); Ahmadian et al. 2024, "Back to Basics" (https://arxiv.org/abs/2402.14740,
+RLOO); Shao et al. 2024 (https://arxiv.org/abs/2402.03300, group-normalised advantages). The whole
+completion is one action; with R_i the scorer's reward of completion i and KL_i = Σ_t kl_t its
+summed per-token KL estimate against the frozen reference::
+
+    kl_mode=reward:  r_i = R_i − β·KL_i (KL_i detached),   L = mean_i −A(r)_i · log π(y_i|x_i)
+    kl_mode=loss:    r_i = R_i,                            L = mean_i [−A(r)_i · log π(y_i|x_i) + β·KL_i]
+
+with A from the baseline: ``none`` (A = r), ``moving_average`` (A = r − b, b an EMA of past batch
+means), ``rloo`` (A_i = r_i − mean of the other k−1 samples of the prompt) or ``group_norm``
+((r − mean) / std per prompt). β has the same meaning in both modes; the ``kl`` logged is Σ_t kl_t,
+mean over rows, the quantity in the reward or the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from alignkit.context import RunContext
+from alignkit.errors import ConfigError
+from alignkit.interfaces import LossOutput
+from alignkit.logprobs import sequence_logprobs
+from alignkit.plugins.generate.layout import response_mask, select_rows
+from alignkit.plugins.generate.online import (OnlineEvaluation, reference_logprobs, sampling_temperature,
+                                              scalar_rewards, sequence_kl)
+from alignkit.plugins.ppo.losses import KL_ESTIMATORS
+
+from .losses import group_normalized_advantages, moving_average_baseline, policy_gradient, rloo_advantages
+
+BASELINES = ("none", "moving_average", "rloo", "group_norm")
+KL_MODES = ("reward", "loss")
+
+
+@dataclass
+class ReinforceConfig:
+    """``method=reinforce`` options.
+
+    Attributes:
+        name: ``reinforce``.
+        baseline: ``none`` | ``moving_average`` | ``rloo`` | ``group_norm`` (the last two need
+            ``rollout.num_samples`` >= 2).
+        baseline_decay: EMA decay of the moving-average baseline.
+        kl_coef: β (0 disables the reference model).
+        kl_mode: ``reward`` (−β·KL in the reward) or ``loss`` (+β·KL term in the loss).
+        kl_estimator: ``k1`` | ``k2`` | ``k3`` per-token estimator (for ``loss``, k1's gradient is
+            zero in expectation: use k2 or k3).
+        minibatch_size: prompts per micro-batch (0: the whole rollout); advantages are computed on
+            the whole rollout first. Set ``trainer.grad_accum`` to the number of micro-batches for
+            one optimizer step per rollout.
+    """
+
+    name: str = "reinforce"
+    baseline: str = "rloo"
+    baseline_decay: float = 0.9
+    kl_coef: float = 0.05
+    kl_mode: str = "loss"
+    kl_estimator: str = "k3"
+    minibatch_size: int = 0
+
+
+class ReinforceObjective(OnlineEvaluation):
+    """Sequence-level policy gradient with a baseline, on ``rollout=generate`` batches."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        cfg = ctx.cfg.method
+        if cfg.baseline not in BASELINES:
+            raise ConfigError(f"method.baseline={cfg.baseline!r}; expected one of {BASELINES}")
+        if cfg.kl_mode not in KL_MODES:
+            raise ConfigError(f"method.kl_mode={cfg.kl_mode!r}; expected one of {KL_MODES}")
+        if cfg.kl_estimator not in KL_ESTIMATORS:
+            raise ConfigError(f"method.kl_estimator={cfg.kl_estimator!r}; expected one of {sorted(KL_ESTIMATORS)}")
+        self.ctx, self.cfg = ctx, cfg
+        self.temperature = sampling_temperature(ctx, "reinforce")
+        self.k = int(ctx.cfg.rollout.num_samples)
+        if cfg.baseline in ("rloo", "group_norm") and self.k < 2:
+            raise ConfigError(f"method.baseline={cfg.baseline} compares the k samples of a prompt: set "
+                              f"rollout.num_samples >= 2 (it is {self.k})")
+        self.kl_estimator = cfg.kl_estimator
+        self.beta = float(cfg.kl_coef)
+        self.baseline_value = torch.zeros(())  # moving-average state
+
+    def weight(self, batch: dict) -> float:
+        return float(batch["input_ids"].shape[0])  # the loss is a mean over completions
+
+    def _advantages(self, rewards: torch.Tensor, num_prompts: int) -> torch.Tensor:
+        """(N,) advantages of N = P·k rewards (sample-major within each prompt)."""
+        if self.cfg.baseline == "rloo":
+            return rloo_advantages(rewards.view(num_prompts, self.k)).reshape(-1)  # (N,)
+        if self.cfg.baseline == "group_norm":
+            return group_normalized_advantages(rewards.view(num_prompts, self.k)).reshape(-1)  # (N,)
+        if self.cfg.baseline == "moving_average":
+            # The baseline from before this batch: it must not depend on the samples it is subtracted from.
+            advantages = rewards - self.baseline_value.to(rewards)  # (N,)
+            self.baseline_value = moving_average_baseline(self.baseline_value, rewards.cpu(),
+                                                          decay=self.cfg.baseline_decay)
+            return advantages
+        return rewards
+
+    def updates(self, batch: dict) -> Iterator[dict]:
+        """Advantages on the whole rollout, then micro-batches of whole prompts."""
+        scores = scalar_rewards(batch, self.ctx)  # (N,)
+        n, num_prompts = batch["input_ids"].shape[0], int(batch["num_prompts"])
+        if n != num_prompts * self.k:
+            raise ConfigError(f"method=reinforce: the rollout gave {n} rows for {num_prompts} prompts, expected "
+                              f"rollout.num_samples={self.k} per prompt")
+        per_chunk = (self.cfg.minibatch_size or num_prompts) * self.k
+        chunks = [torch.arange(i, min(i + per_chunk, n)) for i in range(0, n, per_chunk)]
+        extra: dict[str, torch.Tensor] = {}
+        width = batch["input_ids"].shape[1]
+        rewards = scores
+        if self.beta > 0:
+            device = batch["input_ids"].device
+            ref = torch.zeros(n, width - 1, device=device)  # (N, T-1)
+            kl = torch.zeros(n, device=device)  # (N,)
+            for rows in chunks:
+                sub = select_rows(batch, rows)
+                ref_sub = reference_logprobs(self.ctx, sub, self.temperature)  # (r, w-1)
+                ref[rows.to(device), : ref_sub.shape[1]] = ref_sub
+                if self.cfg.kl_mode == "reward":
+                    with torch.no_grad():
+                        logps = sequence_logprobs(self.ctx.policy, sub, temperature=self.temperature).logprobs
+                    kl[rows.to(device)] = sequence_kl(logps, ref_sub, response_mask(sub), self.kl_estimator).sum(1)
+            extra["ref_logps"] = ref
+            if self.cfg.kl_mode == "reward":
+                rewards = scores - self.beta * kl  # (N,)
+                extra["kl_seq"] = kl
+        advantages = self._advantages(rewards, num_prompts)  # (N,)
+        prepared = {**batch, **extra, "advantages": advantages, "total_rewards": rewards}
+        for rows in chunks:
+            yield select_rows(prepared, rows)
+
+    def __call__(self, batch: dict) -> LossOutput:
+        stats = sequence_logprobs(self.ctx.policy, batch, temperature=self.temperature)
+        loss = policy_gradient(stats.sum, batch["advantages"]).mean()  # ()
+        mask = response_mask(batch)  # (B, T-1)
+        metrics: dict[str, Any] = {"score": batch["rewards"].float().mean(), "reward": batch["total_rewards"].mean(),
+                                   "advantage_abs": batch["advantages"].abs().mean(),
+                                   "length": mask.sum(dim=1).float().mean(), "ended": batch["ended"].mean()}
+        if self.beta > 0 and self.cfg.kl_mode == "loss":
+            kl = sequence_kl(stats.logprobs, batch["ref_logps"], mask, self.kl_estimator).sum(dim=1)  # (B,)
+            loss = loss + self.beta * kl.mean()
+            metrics["kl"] = kl.detach().mean()
+        elif self.beta > 0:
+            metrics["kl"] = batch["kl_seq"].mean()
+        if self.cfg.baseline == "moving_average":
+            metrics["baseline"] = self.baseline_value
+        return LossOutput(loss, metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline_value.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.baseline_value = state["baseline"].clone()
+
+
+def build(ctx: RunContext) -> ReinforceObjective:
+    """REINFORCE / RLOO: policy gradient with a baseline, KL to the reference in the reward or the loss."""
+    return ReinforceObjective(ctx)

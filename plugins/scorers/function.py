@@ -1,0 +1,81 @@
+"""``scorer=function``: a Python callable ``(prompts, completions, **kwargs) -> list[float]``.
+
+For verifiable rewards (length limits, required words, unit tests, exact answers)::
+
+    alignkit train method=reinforce scorer=function scorer.fn=my_pkg.rewards:brevity \
+        '+scorer.kwargs={max_words: 20}'
+
+The callable receives the prompt texts (last user message) and the decoded completions, one each
+per row (a prompt with k samples appears k times), and returns one finite number per completion.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from omegaconf import OmegaConf
+
+from alignkit.context import RunContext
+from alignkit.errors import ConfigError
+
+from .checks import as_rewards, prompt_texts
+
+
+@dataclass
+class FunctionScorerConfig:
+    """``scorer=function`` options.
+
+    Attributes:
+        name: ``function``.
+        fn: ``package.module:function`` (importable from the run's Python path).
+        kwargs: extra keyword arguments passed on every call (e.g. ``{max_words: 20}``).
+    """
+
+    name: str = "function"
+    fn: str = "???"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def load_callable(target: str, key: str = "scorer.fn") -> Callable[..., Any]:
+    """Import ``module:attr`` (or ``module.attr``); ConfigError naming ``key`` if it cannot."""
+    if ":" in target:
+        module_name, _, attr = target.partition(":")
+    else:
+        module_name, _, attr = target.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigError(f"{key}={target!r}: expected 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{key}={target}: cannot import module '{module_name}' ({exc})") from None
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ConfigError(f"{key}={target}: module '{module_name}' has no attribute '{attr}'")
+    if not callable(fn):
+        raise ConfigError(f"{key}={target}: '{attr}' is not callable")
+    return fn
+
+
+class FunctionScorer:
+    """Calls ``fn(prompts, completions, **kwargs)`` and checks its answer."""
+
+    def __init__(self, fn: Callable[..., Any], kwargs: dict[str, Any], label: str) -> None:
+        self.fn, self.kwargs, self.label = fn, kwargs, label
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        completions = list(batch["completions"])
+        values = self.fn(prompt_texts(batch), completions, **self.kwargs)
+        return as_rewards(values, len(completions), self.label)  # (N,)
+
+
+def build(ctx: RunContext, cfg: Any) -> FunctionScorer:
+    """Rewards from a Python function ``(prompts, completions) -> list[float]`` (scorer.fn=mod:fn)."""
+    if OmegaConf.is_missing(cfg, "fn") or not cfg.fn:
+        raise ConfigError("scorer=function needs scorer.fn=<package.module:function>")
+    kwargs = OmegaConf.to_container(cfg.kwargs, resolve=True) if cfg.get("kwargs") is not None else {}
+    return FunctionScorer(load_callable(cfg.fn), dict(kwargs), f"scorer 'function' (fn={cfg.fn})")
