@@ -53,8 +53,8 @@ def linear_forward(
         chunk: Tokens per chunk (default: a (chunk, V) float32 buffer of ~32 MB).
 
     Returns:
-        ``(logp, lse, ent, dlogp_dh)``: (N,) float32 ×3 (float64 for float64 inputs) (``ent`` None unless requested) and
-        (N, d) float32/float64 ``d logp_i / d h_i`` or None.
+        ``(logp, lse, ent, dlogp_dh)``: (N,) float32 each (float64 for float64 inputs; ``ent`` None
+        unless requested) and (N, d) ``d logp_i / d h_i`` or None.
     """
     assert not (entropy and grad_hidden), "entropy needs two hidden gradients: recompute instead"
     n = hidden.shape[0]

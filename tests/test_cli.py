@@ -92,3 +92,11 @@ def test_malformed_jsonl_names_its_line(cli, tmp_path):
 def test_unknown_command(cli):
     result = cli("frobnicate")
     assert result.returncode == 2 and "unknown command 'frobnicate'" in one_error_line(result)
+
+
+def test_multirun_sweep_passes_through(cli, tmp_path, sft_file):
+    result = cli("train", "-m", *TINY, "data=custom", f"data.path={sft_file}", "data.format=prompt_completion",
+                 "trainer.max_steps=1,2", "hydra.sweep.dir=sweep")
+    assert result.returncode == 0, result
+    steps = [json.loads((tmp_path / "sweep" / str(i) / "summary.json").read_text())["steps"] for i in (0, 1)]
+    assert steps == [1, 2]

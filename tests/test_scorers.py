@@ -138,7 +138,7 @@ def test_weighted_sum_errors_name_the_component(rewards_module):
         scorer(BATCH)
     with pytest.raises(ConfigError, match=r"unknown scorer 'nope' \(scorer.components.x.name\)"):
         build_sum({"x": {"name": "nope"}})
-    with pytest.raises(ConfigError, match=r"scorer.components\[0\]: .*max_length"):
+    with pytest.raises(ConfigError, match=r"scorer.components\[0\].max_length: Value 'long'"):
         build_sum([{"name": "judge", "max_length": "long"}])
     with pytest.raises(ConfigError, match=r"scorer.components.f: scorer.fn=nowhere_pkg:f: cannot import"):
         build_sum({"f": {"name": "function", "fn": "nowhere_pkg:f"}})

@@ -15,7 +15,7 @@ options are checked against that scorer's schema, and an error names the compone
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, is_dataclass
 from typing import Any
 
 import torch
@@ -38,10 +38,12 @@ class WeightedSumConfig:
     """
 
     name: str = "weighted_sum"
-    components: Any = field(default_factory=dict)
+    components: Any = None
 
 
 def _entries(components: Any) -> list[tuple[str, Any]]:
+    if components is None:
+        return []
     if isinstance(components, (DictConfig, dict)):
         return [(f"scorer.components.{label}", cfg) for label, cfg in components.items()]
     if isinstance(components, (ListConfig, list)):
@@ -66,7 +68,8 @@ def component_config(registry: Any, key: str, raw: Any) -> tuple[Any, float, Any
             typed = OmegaConf.merge(OmegaConf.structured(schema), raw)
         except Exception as exc:  # noqa: BLE001 - OmegaConf validation errors
             reason = str(exc).splitlines()[0]
-            raise ConfigError(f"{key}: {reason}") from None
+            field_key = getattr(exc, "full_key", "")
+            raise ConfigError(f"{key}.{field_key}: {reason}" if field_key else f"{key}: {reason}") from None
     else:
         typed = raw
     return spec, weight, typed
