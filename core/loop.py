@@ -231,6 +231,11 @@ class Trainer:
     def _update_stream(self) -> Iterator[Batch]:
         """Scored rollout batches, expanded into micro-batches by the objective's ``updates``."""
         updates = getattr(self.objective, "updates", None)
+        pending = getattr(self.objective, "pending_updates", None)
+        if pending is not None:
+            # Micro-batches of a rollout a checkpoint cut in the middle (restored with the objective's
+            # state): finish it before sampling the next one, as the uninterrupted run did.
+            yield from pending()
         while True:
             batch = self._to_device(self.rollout.next_batch(self.policy))
             if self.scorer is not None:

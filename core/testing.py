@@ -30,13 +30,14 @@ alignkit installed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import tempfile
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pytest
 
@@ -196,7 +197,7 @@ def config_options(registry: Any) -> dict[tuple[str, str], list[str]]:
     return found
 
 
-def _check_names(name: str, manager: Any, spec: Any) -> str:
+def _check_names(name: str, manager: Any) -> str:
     registry = manager.registry
     owner = registry.owner("methods", name)
     own = {str(owner)} | ({"alignkit"} if owner.distribution == "alignkit" else set())
@@ -241,7 +242,7 @@ def _weights(folder: Path) -> dict[str, Any]:
 
 
 def check_method(name: str, *overrides: str, tmp_path: str | Path | None = None, steps: int = 2,
-                 resume: bool = True, atol: float = 1e-5) -> dict[str, Any]:
+                 resume: bool = True, atol: float = 1e-6) -> dict[str, Any]:
     """Run alignkit's conformance checks on method ``name``; raise :class:`ConformanceError` on failure.
 
     Checks, in order:
@@ -292,7 +293,7 @@ def check_method(name: str, *overrides: str, tmp_path: str | Path | None = None,
             raise _fail(name, "registered", f"no method '{name}' (registered: {', '.join(manager.registry.names('methods'))})"
                         + (f"; plugin failures: {failures}" if failures else ""))
         spec = manager.registry.get("methods", name)
-        report["owner"] = _check_names(name, manager, spec)
+        report["owner"] = _check_names(name, manager)
         report["checks"].append("registered")
 
         # 2. composes and validates, typed by its schema
@@ -323,8 +324,9 @@ def check_method(name: str, *overrides: str, tmp_path: str | Path | None = None,
         extra: list[str] = []
         if kind == "prompts" and cfg.scorer.name == "none" and not any(o.startswith("scorer") for o in overrides):
             if ("scorers", TESTING_SCORER) not in manager.registry:
-                manager = use_plugins(("alignkit.testing", _testing_plugin()), entry_points=previous._entry_points,
-                                      builtins=previous._builtins)
+                # The same plugins as now, plus the testing scorer.
+                manager = use_plugins(*previous._extra, ("alignkit.testing", _testing_plugin()),
+                                      entry_points=previous._entry_points, builtins=previous._builtins)
             extra = [f"scorer.name={TESTING_SCORER}"]
         if "max_new_tokens" in cfg.rollout and not any(o.startswith("rollout.max_new_tokens") for o in overrides):
             extra.append("rollout.max_new_tokens=8")  # generation dominates an online step on CPU
@@ -404,7 +406,7 @@ def _check_loss(name: str, cfg: Any, run_dir: Path) -> tuple[float, bool]:
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         raise _fail(name, "loss", f"the objective must return LossOutput(loss=<0-dim tensor>, ...), got {out!r:.200}")
     if not torch.isfinite(loss):
-        raise _fail(name, "loss", f"loss is {float(loss)} on the first batch")
+        raise _fail(name, "loss", f"loss is {float(loss.detach())} on the first batch")
     bad = {k: v for k, v in out.metrics.items() if not _finite(to_float(v))}
     if bad:
         raise _fail(name, "loss", f"non-finite metrics {bad}")
@@ -506,16 +508,26 @@ def check_scorer(name: str, *overrides: str, batch: dict | None = None) -> Any:
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture
-def alignkit_plugins() -> Any:
-    """``use(*plugins, entry_points=None, builtins=None)`` -> a fresh plugin manager (restored after)."""
+@contextlib.contextmanager
+def plugin_session() -> Iterator[Callable[..., Any]]:
+    """``with plugin_session() as use:`` -- call ``use(*plugins)`` (:func:`use_plugins`) inside; the
+    process-wide plugin manager in place before is put back afterwards."""
     import alignkit.plugin_manager as pm
     from alignkit import compose
 
     saved = pm._MANAGER  # None (not loaded yet) is restored as None
-    yield use_plugins
-    pm.set_manager(saved)
-    compose.reset()
+    try:
+        yield use_plugins
+    finally:
+        pm.set_manager(saved)
+        compose.reset()
+
+
+@pytest.fixture
+def alignkit_plugins() -> Iterator[Callable[..., Any]]:
+    """``use(*plugins, entry_points=None, builtins=None)`` -> a fresh plugin manager (restored after)."""
+    with plugin_session() as use:
+        yield use
 
 
 @pytest.fixture

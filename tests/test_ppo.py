@@ -97,3 +97,25 @@ def test_ppo_needs_a_sampling_rollout(alignkit_run, prompts_file):
 
     with pytest.raises(ConfigError, match="method=ppo trains on sampled completions; use rollout=generate"):
         alignkit_run(*[a for a in common(prompts_file) if not a.startswith("rollout.")], "rollout=dataset")
+
+
+def test_resume_restores_critic_kl_coefficient_and_sampling(alignkit_run, prompts_file, tmp_path):
+    """Two updates per rollout (2 epochs x 1 minibatch); the checkpoint at step 3 falls between the two
+    updates of the second rollout, which the resumed run finishes before sampling the third."""
+    from safetensors.torch import load_file
+
+    args = common(prompts_file, "method.ppo_epochs=2", "method.kl_target=0.5", "method.value_lr=1e-2",
+                  "trainer.save_every=3", "trainer.scheduler.name=constant")
+    straight = alignkit_run(*args, "trainer.max_steps=4", run_dir=tmp_path / "straight")
+    alignkit_run(*args, "trainer.max_steps=3", run_dir=tmp_path / "cut")
+    from alignkit.checkpoint import load_state
+
+    state = load_state(tmp_path / "cut" / "checkpoints" / "step-000003")
+    assert len(state["objective"]["pending"]["plan"]) == 1, "one update of the rollout is left"
+    resumed = alignkit_run(*args, "trainer.max_steps=4", f"resume={tmp_path / 'cut'}", run_dir=tmp_path / "cut")
+    for name in ("model.safetensors", "critic.safetensors"):
+        a, b = load_file(str(straight.final_model / name)), load_file(str(resumed.final_model / name))
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+    rows = lambda run: [(r["step"], r["loss"], r["kl_coef"], r["score"]) for r in read_metrics(run) if r["split"] == "train"]  # noqa: E731
+    assert rows(straight.run_dir) == rows(resumed.run_dir)

@@ -5,7 +5,7 @@ held-out evaluation (reward, KL to the reference, length) and sample logging.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -15,7 +15,7 @@ from alignkit.logprobs import sequence_logprobs
 from alignkit.plugins.ppo.losses import kl_penalty
 from alignkit.stats import mean_interval
 
-from .layout import response_mask
+from .layout import response_mask, select_rows
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -97,3 +97,39 @@ class OnlineEvaluation:
         with open(self.ctx.run_dir / SAMPLES_FILE, "a") as handle:
             handle.write("".join(json.dumps(r) + "\n" for r in rows))
 
+
+
+class PendingUpdates:
+    """The micro-batches of the current rollout that are not trained on yet, kept in the checkpoint.
+
+    An objective that turns one rollout into several micro-batches (PPO epochs x minibatches,
+    REINFORCE minibatches) plans them all when the rollout arrives and serves them from here. The
+    loop asks ``pending_updates()`` first when it (re)starts, so a run resumed from a checkpoint taken
+    between two micro-batches of a rollout finishes that rollout before sampling the next one.
+    """
+
+    _pending: dict[str, Any] | None = None
+
+    def serve(self, prepared: dict, plan: list[torch.Tensor]) -> Iterator[dict]:
+        """Yield ``select_rows(prepared, rows)`` for each ``rows`` of ``plan``, in order."""
+        self._pending = {"batch": prepared, "plan": list(plan)}
+        yield from self.pending_updates()
+
+    def pending_updates(self) -> Iterator[dict]:
+        while self._pending is not None and self._pending["plan"]:
+            rows = self._pending["plan"].pop(0)  # popped before yielding: yielded == trained at a checkpoint
+            yield select_rows(self._pending["batch"], rows)
+        self._pending = None
+
+    def pending_state(self) -> dict[str, Any] | None:
+        if self._pending is None or not self._pending["plan"]:
+            return None
+        batch = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in self._pending["batch"].items()}
+        return {"batch": batch, "plan": [rows.clone() for rows in self._pending["plan"]]}
+
+    def load_pending_state(self, state: dict[str, Any] | None, device: torch.device) -> None:
+        if not state:
+            self._pending = None
+            return
+        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in state["batch"].items()}
+        self._pending = {"batch": batch, "plan": list(state["plan"])}

@@ -26,8 +26,8 @@ from alignkit.context import RunContext
 from alignkit.errors import ConfigError
 from alignkit.interfaces import LossOutput
 from alignkit.plugins.generate.layout import response_mask, select_rows
-from alignkit.plugins.generate.online import (OnlineEvaluation, reference_logprobs, sampling_temperature,
-                                              scalar_rewards, sequence_kl)
+from alignkit.plugins.generate.online import (OnlineEvaluation, PendingUpdates, reference_logprobs,
+                                              sampling_temperature, scalar_rewards, sequence_kl)
 
 from .kl_control import KLController
 from .losses import KL_ESTIMATORS, gae, masked_mean, masked_whiten, ppo_clip, value_clip
@@ -83,7 +83,7 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, positions, torch.full_like(positions, -1)).max(dim=1).values  # (N,)
 
 
-class PPOObjective(OnlineEvaluation):
+class PPOObjective(OnlineEvaluation, PendingUpdates):
     """Clipped PPO with a value function, on ``rollout=generate`` batches."""
 
     def __init__(self, ctx: RunContext) -> None:
@@ -152,13 +152,11 @@ class PPOObjective(OnlineEvaluation):
                 "returns": returns, "kl_tokens": kl_tokens, "kl_coef": torch.full((n,), beta)}
 
     def updates(self, batch: dict) -> Iterator[dict]:
-        """``ppo_epochs`` passes of shuffled minibatches over one scored rollout."""
+        """``ppo_epochs`` passes of shuffled minibatches over one scored rollout (checkpointed if cut)."""
         n = batch["input_ids"].shape[0]
         chunks = self._chunks(n)
-        prepared = self._prepare(batch, chunks)
-        for epoch in range(self.cfg.ppo_epochs):
-            for rows in chunks if epoch == 0 else self._chunks(n):
-                yield select_rows(prepared, rows)
+        plan = chunks + [rows for _ in range(1, self.cfg.ppo_epochs) for rows in self._chunks(n)]
+        yield from self.serve(self._prepare(batch, chunks), plan)
 
     def __call__(self, batch: dict) -> LossOutput:
         out = self._forward(batch, entropy=True)
@@ -175,12 +173,14 @@ class PPOObjective(OnlineEvaluation):
 
     # ------------------------------------------------------------------ resume and saving
     def state_dict(self) -> dict[str, Any]:
-        return {"critic": self.critic.state_dict(), "kl": self.kl.state_dict(), "shuffle": self.shuffle.get_state()}
+        return {"critic": self.critic.state_dict(), "kl": self.kl.state_dict(), "shuffle": self.shuffle.get_state(),
+                "pending": self.pending_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.critic.load_state_dict(state["critic"])
         self.kl.load_state_dict(state["kl"])
         self.shuffle.set_state(state["shuffle"])
+        self.load_pending_state(state.get("pending"), self.ctx.device)
 
     def save_extras(self, folder: Any) -> None:
         from safetensors.torch import save_file

@@ -26,8 +26,8 @@ from alignkit.errors import ConfigError
 from alignkit.interfaces import LossOutput
 from alignkit.logprobs import sequence_logprobs
 from alignkit.plugins.generate.layout import response_mask, select_rows
-from alignkit.plugins.generate.online import (OnlineEvaluation, reference_logprobs, sampling_temperature,
-                                              scalar_rewards, sequence_kl)
+from alignkit.plugins.generate.online import (OnlineEvaluation, PendingUpdates, reference_logprobs,
+                                              sampling_temperature, scalar_rewards, sequence_kl)
 from alignkit.plugins.ppo.losses import KL_ESTIMATORS
 
 from .losses import group_normalized_advantages, moving_average_baseline, policy_gradient, rloo_advantages
@@ -63,7 +63,7 @@ class ReinforceConfig:
     minibatch_size: int = 0
 
 
-class ReinforceObjective(OnlineEvaluation):
+class ReinforceObjective(OnlineEvaluation, PendingUpdates):
     """Sequence-level policy gradient with a baseline, on ``rollout=generate`` batches."""
 
     def __init__(self, ctx: RunContext) -> None:
@@ -131,8 +131,7 @@ class ReinforceObjective(OnlineEvaluation):
                 extra["kl_seq"] = kl
         advantages = self._advantages(rewards, num_prompts)  # (N,)
         prepared = {**batch, **extra, "advantages": advantages, "total_rewards": rewards}
-        for rows in chunks:
-            yield select_rows(prepared, rows)
+        yield from self.serve(prepared, chunks)
 
     def __call__(self, batch: dict) -> LossOutput:
         stats = sequence_logprobs(self.ctx.policy, batch, temperature=self.temperature)
@@ -152,10 +151,11 @@ class ReinforceObjective(OnlineEvaluation):
         return LossOutput(loss, metrics)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"baseline": self.baseline_value.clone()}
+        return {"baseline": self.baseline_value.clone(), "pending": self.pending_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.baseline_value = state["baseline"].clone()
+        self.load_pending_state(state.get("pending"), self.ctx.device)
 
 
 def build(ctx: RunContext) -> ReinforceObjective:

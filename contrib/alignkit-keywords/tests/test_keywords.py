@@ -18,10 +18,10 @@ def cli(*args: str, cwd) -> subprocess.CompletedProcess:
                           timeout=900)
 
 
-def has_method(name: str) -> bool:
+def registered(kind: str, name: str) -> bool:
     from alignkit.plugin_manager import get_registry
 
-    return ("methods", name) in get_registry()
+    return (kind, name) in get_registry()
 
 
 # ----------------------------------------------------------------------------- the reward
@@ -45,6 +45,12 @@ def test_scorer_conformance():
     rewards = check_scorer("keywords", "scorer.include=[It]", "scorer.exclude=[not]")
     # check_scorer's batch alternates a refusal ("I will not answer") and an answer ("It is ...").
     assert rewards.tolist() == [-1.0, 1.0, -1.0, 1.0]
+
+
+@pytest.mark.skipif(not registered("scorers", "weighted_sum"), reason="scorer=weighted_sum is not registered")
+def test_composes_inside_weighted_sum():
+    rewards = check_scorer("weighted_sum", "scorer.components={kw: {name: keywords, include: [It], weight: 2.0}}")
+    assert rewards.tolist() == [0.0, 2.0, 0.0, 2.0]
 
 
 def test_config_is_typed(alignkit_compose):
@@ -72,7 +78,7 @@ def test_scorer_runs_inside_the_training_loop(alignkit_run, alignkit_data, tmp_p
     assert result.steps == 1
 
 
-@pytest.mark.skipif(not has_method("reinforce"), reason="method=reinforce is not registered (issue #5)")
+@pytest.mark.skipif(not registered("methods", "reinforce"), reason="method=reinforce is not registered (issue #5)")
 def test_reinforce_trains_on_keyword_rewards(tmp_path):
     # Length shaping makes rewards differ between samples even for a random tiny model's text, so the
     # policy gradient is not zero.
@@ -82,10 +88,11 @@ def test_reinforce_trains_on_keyword_rewards(tmp_path):
     assert report["notes"] == [], report["notes"]
 
 
-@pytest.mark.skipif(not has_method("reinforce"), reason="method=reinforce is not registered (issue #5)")
+@pytest.mark.skipif(not registered("methods", "reinforce"), reason="method=reinforce is not registered (issue #5)")
 def test_cli_reinforce_with_scorer_keywords(tmp_path, alignkit_data):
     result = cli("train", "method=reinforce", "scorer=keywords", "scorer.include=[It]", "model=tiny",
-                 *alignkit_data("prompts"), "trainer.max_steps=1", "trainer.batch_size=2", "trainer.progress=false",
+                 *alignkit_data("prompts"), "data.eval_fraction=0", "rollout.num_samples=2",
+                 "rollout.max_new_tokens=8", "trainer.max_steps=1", "trainer.batch_size=2", "trainer.progress=false",
                  "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 1
