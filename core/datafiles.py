@@ -33,7 +33,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: malformed JSON line ({exc.msg} at column {exc.colno})") from None
+                raise DataError(f"{where}: malformed JSON line ({exc.msg} at character {exc.pos + 1})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
             yield where, row
