@@ -270,7 +270,9 @@ class Trainer:
             for key, value in out.metrics.items():
                 sums[key] = sums.get(key, 0.0) + share * to_float(value)
         if self.cfg.trainer.max_grad_norm > 0:
-            norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), self.cfg.trainer.max_grad_norm)
+            # Every optimised tensor, not only the policy's: value and reward heads are clipped too.
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            norm = self.accelerator.clip_grad_norm_(params, self.cfg.trainer.max_grad_norm)
             sums["grad_norm"] = to_float(norm)
         sums["lr"] = self.scheduler.get_last_lr()[0]
         self.optimizer.step()

@@ -67,3 +67,18 @@ def test_wrong_loss_and_missing_scorer_path(rm_args, tmp_path):
         Trainer(compose_run_config(*rm_args, "loss=dpo"), tmp_path / "x")
     with pytest.raises(ModelError, match="no reward_model.json"):
         resolve_reward_folder(str(tmp_path))
+
+
+def test_frozen_trunk_trains_only_the_head(alignkit_run, rm_args, tmp_path):
+    from safetensors.torch import load_file
+
+    from alignkit.models import ModelConfig, load_model
+    from omegaconf import OmegaConf
+
+    result = alignkit_run(*rm_args, "method.freeze_trunk=true", "trainer.max_steps=2", run_dir=tmp_path / "probe")
+    initial = load_model(OmegaConf.merge(OmegaConf.structured(ModelConfig), {"source": "random"}))[0].state_dict()
+    trained = load_file(str(result.final_model / "model.safetensors"))
+    for key, value in trained.items():
+        assert torch.equal(value, initial[key]), key
+    head = load_file(str(result.final_model / "reward_head.safetensors"))
+    assert head["linear.weight"].abs().sum() > 0
