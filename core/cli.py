@@ -54,13 +54,13 @@ def _task(cfg) -> None:  # runs inside hydra.main
 
 
 def _print_result(result) -> None:
-    from .loop import _fmt
+    from .loop import format_metrics
 
     print(f"\nalignkit: finished {result.steps} steps")
     if result.eval_before:
-        print(f"  held-out before: {_fmt(result.eval_before)}")
+        print(f"  held-out before: {format_metrics(result.eval_before)}")
     if result.eval_after:
-        print(f"  held-out after:  {_fmt(result.eval_after)}")
+        print(f"  held-out after:  {format_metrics(result.eval_after)}")
     print(f"  run folder:      {result.run_dir}")
     print(f"    metrics        {result.run_dir / 'metrics.jsonl'} (and tensorboard/)")
     if result.final_model:

@@ -126,7 +126,7 @@ def reset() -> None:
     GlobalHydra.instance().clear()
 
 
-def explain(exc: BaseException, overrides: list[str] | None = None) -> str:
+def explain(exc: BaseException) -> str:
     """One line for a Hydra / OmegaConf composition error."""
     from hydra.errors import MissingConfigException
 
@@ -169,7 +169,7 @@ def compose(overrides: list[str], *, return_hydra_config: bool = False) -> DictC
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - Hydra and OmegaConf raise many types
-        raise ConfigError(explain(exc, overrides)) from exc
+        raise ConfigError(explain(exc)) from exc
     finally:
         GlobalHydra.instance().clear()
     return cfg

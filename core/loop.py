@@ -9,6 +9,7 @@ accumulation 8, clips, steps, logs, evaluates and checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -258,7 +259,7 @@ class Trainer:
         for index, (batch, weight) in enumerate(zip(micro, weights)):
             share = weight / total
             sync = index == accum - 1
-            context = self.accelerator.no_sync(self.policy) if not sync else _null()
+            context = self.accelerator.no_sync(self.policy) if not sync else contextlib.nullcontext()
             with context:
                 out: LossOutput = self.objective(batch)
                 if not torch.isfinite(out.loss):
@@ -292,7 +293,7 @@ class Trainer:
             result.eval_before = self.evaluate()
             if result.eval_before:
                 self.metrics.log(0, result.eval_before, split="eval")
-                self.log("held-out before training: " + _fmt(result.eval_before))
+                self.log("held-out before training: " + format_metrics(result.eval_before))
             self._write_summary(result)
         stream = self._update_stream()
         bar = self._progress(range(self.step, tcfg.max_steps), desc=f"{self.cfg.method.name}", initial=self.step,
@@ -311,7 +312,7 @@ class Trainer:
                 scores = self.evaluate()
                 if scores:
                     self.metrics.log(self.step, scores, split="eval")
-                    self.log(f"held-out at step {self.step}: " + _fmt(scores))
+                    self.log(f"held-out at step {self.step}: " + format_metrics(scores))
             if tcfg.save_every and self.step % tcfg.save_every == 0:
                 self._save()
         self._bar = None
@@ -342,15 +343,7 @@ class Trainer:
         os.replace(tmp, self.run_dir / "summary.json")
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-def _fmt(values: dict[str, float]) -> str:
+def format_metrics(values: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}" for k, v in values.items())
 
 

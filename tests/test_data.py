@@ -68,6 +68,7 @@ def test_bundled_data_parses_completely():
     ('{"prompt": 3, "chosen": "b", "rejected": "c"}\n', r"bad.jsonl:1: field 'prompt' must be a string or a list"),
     ('{"prompt": "a", "chosen": "b", "rejected": "c", "margin": "big"}\n', r"bad.jsonl:1: field 'margin' must be a number"),
     ('[1, 2]\n', r"bad.jsonl:1: expected a JSON object"),
+    ('{"prompt": "a", "chosen": "  ", "rejected": "c"}\n', r"bad.jsonl:1: empty completion in field 'chosen'"),
     ('\n\n', r"the dataset is empty"),
 ])
 def test_bad_rows_name_file_and_line(tmp_path, content, message):

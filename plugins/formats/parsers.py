@@ -10,11 +10,20 @@ _TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 _ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
+def _answer(value: object, where: str) -> list[dict[str, str]]:
+    """An answer (string or messages) that is not empty: an empty one would teach only the end token."""
+    messages = as_messages(value, "assistant", where)
+    if not any(m["content"].strip() for m in messages):
+        raise ValueError(f"empty completion in field '{where}'")
+    return messages
+
+
 def parse_chat(row: dict) -> dict:
     """Chat messages ``{"messages": [...]}``; the last assistant message is the completion."""
     messages = as_messages(row["messages"], "user", "messages")
     if messages[-1]["role"] != "assistant":
         raise ValueError("the last message must be the assistant's (it is the completion)")
+    _answer(messages[-1:], "messages[-1]")
     if len(messages) < 2:
         raise ValueError("need at least one prompt message before the assistant's answer")
     return {"prompt": messages[:-1], "completion": messages[-1:]}
@@ -23,7 +32,7 @@ def parse_chat(row: dict) -> dict:
 def parse_prompt_completion(row: dict) -> dict:
     """Prompt / completion pairs: ``{"prompt": str|messages, "completion": str|messages}``."""
     return {"prompt": as_messages(row["prompt"], "user", "prompt"),
-            "completion": as_messages(row["completion"], "assistant", "completion")}
+            "completion": _answer(row["completion"], "completion")}
 
 
 def parse_scored(row: dict) -> dict:
@@ -42,8 +51,8 @@ def parse_scored(row: dict) -> dict:
 def parse_pairwise(row: dict) -> dict:
     """Preference pairs: ``{"prompt", "chosen", "rejected"}``, optional ``margin`` and soft ``label``."""
     record = {"prompt": as_messages(row["prompt"], "user", "prompt"),
-              "chosen": as_messages(row["chosen"], "assistant", "chosen"),
-              "rejected": as_messages(row["rejected"], "assistant", "rejected")}
+              "chosen": _answer(row["chosen"], "chosen"),
+              "rejected": _answer(row["rejected"], "rejected")}
     for key in ("margin", "label"):
         if key in row and row[key] is not None:
             if not isinstance(row[key], (int, float)) or isinstance(row[key], bool):
@@ -67,7 +76,7 @@ def parse_ranked(row: dict) -> dict:
         order = sorted(range(len(completions)), key=lambda i: -float(scores[i]))
         completions = [completions[i] for i in order]
     return {"prompt": as_messages(row["prompt"], "user", "prompt"),
-            "completions": [as_messages(c, "assistant", f"completions[{i}]") for i, c in enumerate(completions)]}
+            "completions": [_answer(c, f"completions[{i}]") for i, c in enumerate(completions)]}
 
 
 def parse_prompts(row: dict) -> dict:

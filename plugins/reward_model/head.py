@@ -61,11 +61,15 @@ class RewardHead(torch.nn.Module):
         return head
 
 
-def last_token_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(N, d) final hidden state at each row's last real token (right padding)."""
-    hidden = hidden_states(model, input_ids, attention_mask)  # (N, T, d)
+def at_last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N, d) rows of ``hidden`` (N, T, d) at each sequence's last real token (right padding)."""
     last = attention_mask.long().sum(dim=1).clamp_min(1) - 1  # (N,)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (N, d)
+
+
+def last_token_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N, d) final hidden state at each row's last real token (right padding)."""
+    return at_last_token(hidden_states(model, input_ids, attention_mask), attention_mask)
 
 
 def score(model: Any, head: RewardHead, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

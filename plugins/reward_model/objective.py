@@ -23,7 +23,7 @@ from alignkit.logprobs import hidden_states, lm_head_weight
 from alignkit.stats import mean_interval, preference_correct, preference_summary
 from alignkit.tokenize import IGNORE_INDEX
 
-from .head import RewardHead
+from .head import RewardHead, at_last_token
 
 KIND_OF_LOSS = {"bradley_terry": "pairs", "plackett_luce": "ranked", "pointwise_mse": "tokens"}
 
@@ -111,9 +111,7 @@ class RewardModelObjective:
     # ------------------------------------------------------------------ per-kind steps
     def _scores_and_hidden(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = hidden_states(self.ctx.policy, batch["input_ids"], batch["attention_mask"])  # (N, T, d)
-        last = batch["attention_mask"].long().sum(1).clamp_min(1) - 1  # (N,)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return self.head(hidden[rows, last]), hidden  # (N, A), (N, T, d)
+        return self.head(at_last_token(hidden, batch["attention_mask"])), hidden  # (N, A), (N, T, d)
 
     def _pairs(self, batch: dict) -> dict[str, torch.Tensor]:
         pairs = batch["num_pairs"]
