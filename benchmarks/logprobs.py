@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -97,18 +98,19 @@ def _run(name: str, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
 
 
 def run_one(name: str, shape: dict[str, int]) -> dict[str, float]:
-    """Measure one approach in this process: peak RSS above the post-input baseline, and time."""
+    """Measure one approach in this process: peak RSS above the post-input baseline, wall time and
+    CPU time (user + system of this process, less sensitive than wall time to other load)."""
     torch.manual_seed(0)
     # Warm up code paths (imports, lazy inits) on a tiny shape so that they do not count.
     _run(name, *_inputs(1, 16, 16, 64))
     hidden, weight, labels = _inputs(**shape)
     _reset_peak()
     base = _status_kb("VmRSS")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     _run(name, hidden, weight, labels)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     peak = _status_kb("VmHWM") - base
-    return {"approach": name, "seconds": seconds, "peak_mb": peak / 1024}
+    return {"approach": name, "seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak / 1024}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     names = [n for n in args.approaches.split(",") if n]
+    load_start = os.getloadavg()[0]
     results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     for r in range(args.repeats):
         order = names if r % 2 == 0 else names[::-1]
@@ -139,19 +142,25 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"shape: B={shape['b']} T={shape['t']} d={shape['d']} V={shape['v']} float32, "
         f"forward+backward (hidden, weight), medians of {args.repeats} subprocess runs, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"1-min load average {load_start:.1f} at start / {os.getloadavg()[0]:.1f} at end"
     )
     print()
-    print("| approach | peak above baseline (MB) | time (s) | peak / naive | time / naive | time / matmul floor |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| approach | peak above baseline (MB) | time (s) | CPU time (s) | peak / naive | "
+        "time / naive | CPU time / naive | time / matmul floor |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     naive_peak = med("naive", "peak_mb") if "naive" in results else float("nan")
     naive_time = med("naive", "seconds") if "naive" in results else float("nan")
+    naive_cpu = med("naive", "cpu_seconds") if "naive" in results else float("nan")
     floor = med("matmul", "seconds") if "matmul" in results else float("nan")
     for name in names:
-        peak, secs = med(name, "peak_mb"), med(name, "seconds")
+        peak, secs, cpu = med(name, "peak_mb"), med(name, "seconds"), med(name, "cpu_seconds")
         print(
-            f"| {name}: {APPROACHES[name]} | {peak:.0f} | {secs:.2f} | {peak / naive_peak:.3f} | "
-            f"{secs / naive_time:.2f} | {secs / floor:.2f} |"
+            f"| {name}: {APPROACHES[name]} | {peak:.0f} | {secs:.2f} | {cpu:.2f} | "
+            f"{peak / naive_peak:.3f} | {secs / naive_time:.2f} | {cpu / naive_cpu:.2f} | "
+            f"{secs / floor:.2f} |"
         )
 
 

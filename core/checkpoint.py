@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 import warnings
@@ -26,10 +27,38 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from .errors import DISK_FULL, CheckpointError
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.pt"
+
+
+def as_os_error(exc: BaseException) -> OSError | None:
+    """``exc`` as an ``OSError`` if it is a failed write, else None.
+
+    safetensors reports a failed write as ``SafetensorError("... I/O error: File too large (os error 27)")``
+    rather than an ``OSError``; its errno is recovered from the message.
+    """
+    if isinstance(exc, OSError):
+        return exc
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found and type(exc).__name__ == "SafetensorError":
+        code = int(found.group(1))
+        return OSError(code, os.strerror(code))
+    return None
+
+
+def _write_failed(what: Path, exc: OSError, run_dir: Path | None = None) -> CheckpointError:
+    """One line for a failed write (a full disk, a quota, a read-only folder), naming the last intact checkpoint."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in DISK_FULL:
+        reason = f"no room left to write ({reason})"
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    message = f"could not write {what}: {reason}{where}; nothing partial was left behind"
+    if run_dir is not None:
+        intact = list_checkpoints(run_dir)
+        message += f"; the last intact checkpoint is {intact[-1]}" if intact else "; there is no earlier checkpoint"
+    return CheckpointError(message)
 
 
 def _sha256(path: Path) -> str:
@@ -73,8 +102,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write_model(model: Any, tokenizer: Any, target: Path) -> None:
-    """``save_pretrained`` into ``target`` atomically (tmp folder + rename)."""
+def write_model(model: Any, tokenizer: Any, target: Path, extras: Any = None) -> None:
+    """``save_pretrained`` into ``target`` atomically (tmp folder + rename).
+
+    ``extras(folder)``, if given, writes more files (an adapter, a reward head) into the temporary
+    folder before it is flushed and renamed, so that they appear together with the model or not at all.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -83,6 +116,8 @@ def write_model(model: Any, tokenizer: Any, target: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if extras is not None:
+            extras(tmp)
         _fsync_tree(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -91,9 +126,12 @@ def write_model(model: Any, tokenizer: Any, target: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        failed = as_os_error(exc)
+        if failed is None:
+            raise
+        raise _write_failed(target, failed) from exc
 
 
 def save_checkpoint(run_dir: Path, step: int, model: Any, tokenizer: Any, state: dict[str, Any],
@@ -115,12 +153,20 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, tokenizer: Any, state:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        failed = as_os_error(exc)
+        if failed is None:
+            raise
+        raise _write_failed(final, failed, run_dir) from exc
+    prune(run_dir, keep_last)
+    return final
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints (all kept when ``keep_last <= 0``)."""
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -128,6 +174,19 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def remove_partial_writes(run_dir: Path) -> list[str]:
+    """Delete temporary folders a killed process left behind (``.step-*.tmp-*``, ``.final.tmp-*``).
+
+    They are never read (resume only looks at ``step-*`` folders with an intact manifest); removing
+    them keeps a resumed run's folder identical to an uninterrupted one. Returns the removed names.
+    """
+    run_dir = Path(run_dir)
+    partial = [*run_dir.glob("checkpoints/.step-*.tmp-*"), *run_dir.glob(".final.tmp-*"), *run_dir.glob(".final.old-*")]
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return sorted(p.name for p in partial)
 
 
 def verify(checkpoint: Path) -> dict[str, Any]:
@@ -156,5 +215,15 @@ def latest_valid(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
 
 
 def load_state(checkpoint: Path) -> dict[str, Any]:
-    """The trainer state, loaded without pickle code execution (``weights_only=True``)."""
-    return torch.load(checkpoint / STATE, weights_only=True, map_location="cpu")
+    """The trainer state, loaded without pickle code execution (``weights_only=True``).
+
+    A file holding anything but tensors, numbers, strings and containers (e.g. a pickled object
+    that would run code when loaded) is refused with a ``CheckpointError``; nothing in it runs.
+    """
+    import pickle
+
+    try:
+        return torch.load(checkpoint / STATE, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{checkpoint / STATE}: refused to load: it holds more than plain data "
+                              f"({str(exc).splitlines()[0][:120]})") from None

@@ -3,6 +3,7 @@
     alignkit train [hydra overrides]     train (Hydra's --help, --cfg job, -m pass through)
     alignkit plugins                     JSON: loaded plugins, what they registered, failures
     alignkit ls methods|losses|...       a table of registered names
+    alignkit launch --nproc N [overrides]  train on N processes (config composed once, saved, read by workers)
     alignkit chat [--model PATH]         talk to a model or a run's checkpoint
     alignkit <command>                   commands registered by plugins
 
@@ -21,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from .errors import AlignkitError
+from .errors import AlignkitError, disk_full
 
 LIST_KINDS = ("methods", "losses", "rollouts", "scorers", "data_formats", "commands")
 
@@ -41,13 +42,19 @@ def _task(cfg) -> None:  # runs inside hydra.main
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     fresh = not cfg.resume
     try:
-        validate(cfg)
-        result = train(cfg, run_dir)
+        try:
+            validate(cfg)
+            result = train(cfg, run_dir)
+        except OSError as exc:
+            error = disk_full(exc, run_dir)
+            if error is None:
+                raise
+            raise error from exc
     except AlignkitError as exc:
         if os.environ.get("ALIGNKIT_DEBUG"):
             traceback.print_exc()
         # Nothing half-written: a fresh run that failed before its first checkpoint leaves no folder.
-        if fresh and not (run_dir / "checkpoints").exists() and not (run_dir / "final").exists():
+        if fresh and not any((run_dir / "checkpoints").glob("step-*")) and not (run_dir / "final").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         sys.exit(_error(str(exc), exc.exit_code))
     _print_result(result)
@@ -115,6 +122,12 @@ def cmd_ls(argv: list[str]) -> int:
     return 0
 
 
+def cmd_launch(argv: list[str]) -> int:
+    from .launch import main as launch_main
+
+    return launch_main(argv)
+
+
 def cmd_chat(argv: list[str]) -> int:
     from .chat import main as chat_main
 
@@ -125,6 +138,7 @@ BUILTIN_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (cmd_train, "train a method (Hydra overrides: method=dpo model=tiny trainer.max_steps=10 ...)"),
     "plugins": (cmd_plugins, "show loaded plugins, their versions, what they registered, load errors (JSON)"),
     "ls": (cmd_ls, "list methods | losses | rollouts | scorers | data_formats | commands"),
+    "launch": (cmd_launch, "train on N processes: alignkit launch --nproc 2 method=sft ... (DDP / FSDP / DeepSpeed)"),
     "chat": (cmd_chat, "talk to a model, a checkpoint or a run's final model"),
 }
 

@@ -20,6 +20,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 
 from .data import DataConfig, asset_path
+from .distributed import DeepSpeedConfig, FsdpConfig, check_trainer
 from .errors import ConfigError, UnknownNameError
 from .models import ModelConfig
 from .plugin_manager import get_manager
@@ -36,7 +37,8 @@ class TrainerConfig:
 
     Attributes:
         max_steps: optimizer steps to run.
-        batch_size: rollout batch size per process (prompts or rows per batch).
+        batch_size: rollout batch size (prompts or rows per batch); the global batch when several
+            processes train (each one takes ``batch_size / N``).
         grad_accum: micro-batches accumulated per optimizer step.
         max_grad_norm: gradient clipping (0 disables).
         seed: seeds Python, NumPy and torch (data order and dropout follow it).
@@ -45,10 +47,22 @@ class TrainerConfig:
         save_every: checkpoint every N steps (0: only the final model).
         keep_last: checkpoints kept; older ones are deleted.
         log_every: write metrics every N steps.
-        progress: show a progress bar.
-        tensorboard: also write TensorBoard event files (metrics always go to metrics.jsonl).
+        progress: show a progress bar (tqdm: steps done, rate, elapsed and ETA, current loss).
+        tensorboard: shorthand; false drops ``tensorboard`` from ``trackers``.
+        trackers: accelerate experiment trackers fed with every metric line: ``tensorboard``
+            (default, ``<run>/tensorboard``), ``wandb``, ``mlflow``, ``comet_ml``, ``aim``, ... (each
+            needs its package installed). Metrics always go to ``metrics.jsonl`` as well.
+        tracker_project: the trackers' project (W&B project, MLflow experiment); runs are named
+            after their folder.
+        tracker_kwargs: per-tracker init options, e.g. ``+trainer.tracker_kwargs.wandb.entity=me``.
         mixed_precision: accelerate's ``no`` | ``bf16`` | ``fp16``.
         cpu: force CPU even when a GPU is present.
+        strategy: how several processes share the work (``alignkit launch --nproc N``): ``none`` /
+            ``ddp`` (DistributedDataParallel), ``fsdp`` (``trainer.fsdp``), ``deepspeed``
+            (``trainer.deepspeed``, ZeRO-2/3). ``batch_size`` is then the global batch, split evenly.
+        find_unused_parameters: DDP option for models whose forward skips some parameters.
+        fsdp: FSDP plugin options (see ``alignkit.distributed.FsdpConfig``).
+        deepspeed: DeepSpeed ZeRO options (see ``alignkit.distributed.DeepSpeedConfig``).
         optimizer: ``_target_`` + kwargs, instantiated with ``params=``.
         scheduler: ``name`` (constant | linear | cosine) and ``warmup_steps``.
     """
@@ -65,8 +79,15 @@ class TrainerConfig:
     log_every: int = 1
     progress: bool = True
     tensorboard: bool = True
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    tracker_project: str = "alignkit"
+    tracker_kwargs: Any = field(default_factory=dict)
     mixed_precision: str = "no"
     cpu: bool = False
+    strategy: str = "none"
+    find_unused_parameters: bool = False
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     optimizer: Any = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "lr": 1e-5})
     scheduler: Any = field(default_factory=lambda: {"name": "constant", "warmup_steps": 0})
 
@@ -186,6 +207,11 @@ def validate(cfg: DictConfig) -> None:
             continue
         if kind in ("methods", "rollouts", "scorers") and (kind, node.name) not in registry:
             raise UnknownNameError(kind, node.name, registry.names(kind), f"{group}.name")
+    if cfg.get("trainer") is not None:
+        from .metrics import check_trackers, tracker_names
+
+        check_trackers(tracker_names(cfg.trainer))  # before any model loads: a missing wandb fails at once
+        check_trainer(cfg.trainer)
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as exc:  # noqa: BLE001

@@ -50,9 +50,16 @@ class RunContext:
         """A frozen copy of the initial policy (made on first use, dropout off, no gradients).
 
         After a resume the policy holds trained weights, so the reference is loaded afresh from the
-        model config instead of copied.
+        model config instead of copied. With LoRA (``model.lora.r > 0``) it is the policy itself with
+        its adapters disabled (:class:`alignkit.lora.AdapterDisabled`), not a copy.
         """
         if self._reference is None:
+            from .lora import AdapterDisabled, is_lora
+
+            if is_lora(self.policy):
+                # LoRA: the base model *is* the initial policy; no second copy of the weights.
+                self._reference = AdapterDisabled(self.policy)
+                return self._reference
             if self.resumed:
                 from .models import load_model
 

@@ -118,6 +118,31 @@ def split_records(cfg: Any, registry: Registry, kind: str, seed: int) -> tuple[l
     return train, held_out
 
 
+def condition_records(records: list[dict], cfg: Any, registry: Registry) -> int:
+    """Write each record's ``attributes`` into its prompt with the method's ``condition`` (in place).
+
+    Records without ``attributes``, or methods without a ``condition`` (see
+    :class:`alignkit.specs.MethodSpec`), are left as they are. Returns how many records were conditioned.
+
+    Raises:
+        DataError: a value the method rejects, with the record's file:line.
+    """
+    condition = getattr(registry.get("methods", cfg.method.name, where="method"), "condition", None)
+    if condition is None:
+        return 0
+    done = 0
+    for record in records:
+        values = record.get("attributes")
+        if values is None or "prompt" not in record:
+            continue
+        try:
+            record["prompt"] = condition(cfg, record["prompt"], values, fill_defaults=False)
+        except ValueError as exc:
+            raise DataError(f"{record.get('_where', 'record')}: {exc}") from None
+        done += 1
+    return done
+
+
 # ----------------------------------------------------------------------------- tokenization
 def _encode_tokens(enc: Encoder, r: dict) -> dict:
     out = enc.encode(r["prompt"], r["completion"], r["_where"])

@@ -6,6 +6,10 @@ with the error's ``exit_code``. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""``OSError.errno`` values that mean "no room to write": a full disk, a quota, a file-size limit."""
 
 _SINGULAR = {"methods": "method", "losses": "loss", "rollouts": "rollout", "scorers": "scorer",
              "data_formats": "data format", "commands": "command"}
@@ -58,3 +62,11 @@ class CheckpointError(AlignkitError):
 
 class TrainingError(AlignkitError):
     """Training cannot continue (e.g. a non-finite loss)."""
+
+
+def disk_full(exc: OSError, run_dir: object) -> TrainingError | None:
+    """A one-line error for a write that found no room (``DISK_FULL``), or None for any other ``OSError``."""
+    if exc.errno not in DISK_FULL:
+        return None
+    return TrainingError(f"no room left to write {exc.filename or 'in ' + str(run_dir)} ({exc.strerror}); "
+                         f"intact checkpoints (if any) are in {run_dir}/checkpoints")

@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint as ckpt
+from . import distributed
+from . import lora as lora_support
 from .context import RunContext
 from .errors import CheckpointError, ConfigError, TrainingError
 from .interfaces import Batch, LossOutput
+from .logprobs import PolicyModule
 from .metrics import MetricsLogger, read_metrics, to_float
 from .models import load_model
 from .plugin_manager import get_manager
@@ -76,7 +80,7 @@ class Trainer:
         tcfg = cfg.trainer
         if tcfg.max_steps < 1 or tcfg.batch_size < 1 or tcfg.grad_accum < 1:
             raise ConfigError("trainer.max_steps, trainer.batch_size and trainer.grad_accum must be >= 1")
-        self.accelerator = Accelerator(cpu=tcfg.cpu, mixed_precision=tcfg.mixed_precision)
+        self.accelerator = Accelerator(**distributed.accelerator_kwargs(tcfg, distributed.launched_processes()))
         self.is_main = self.accelerator.is_main_process
 
         from alignkit import kernels
@@ -85,6 +89,7 @@ class Trainer:
         _seed_everything(tcfg.seed)
         self.resume_from = self._find_resume()
         policy, tokenizer = load_model(cfg.model)
+        policy = lora_support.apply_lora(policy, cfg.model.get("lora"))  # model.lora.r > 0: PEFT adapters
         policy.train()
         self.tokenizer = tokenizer
         self.ctx = RunContext(cfg=cfg, run_dir=self.run_dir, registry=self.registry, policy=policy,
@@ -107,10 +112,19 @@ class Trainer:
         for group in (e for e in extra if isinstance(e, dict)):
             self.optimizer.add_param_group({**group, "params": list(group["params"])})
         self.scheduler = build_scheduler(tcfg.scheduler, self.optimizer, tcfg.max_steps)
-        self.policy, self.optimizer = self.accelerator.prepare(policy, self.optimizer)
+        # The policy goes to accelerate inside a PolicyModule, whose forward is the log-prob path, so DDP /
+        # FSDP / DeepSpeed see every method's forward. Optimised tensors outside it (value and reward
+        # heads, critics) start equal everywhere and have their gradients averaged like DDP's.
+        wrapped = PolicyModule(policy)
+        if any(p.requires_grad for p in wrapped.parameters()):
+            self.policy, self.optimizer = self.accelerator.prepare(wrapped, self.optimizer)
+        else:  # a frozen trunk (reward heads only): nothing for DDP to synchronise
+            self.policy, self.optimizer = wrapped.to(self.accelerator.device), self.accelerator.prepare(self.optimizer)
+        self._loose = distributed.loose_parameters(self.optimizer, self.policy)
+        distributed.broadcast_parameters(self._loose, self.accelerator)
         self.ctx.policy = self.policy
         self.step = 0
-        self.metrics = MetricsLogger(self.run_dir, tensorboard=tcfg.tensorboard, enabled=self.is_main)
+        self.metrics = MetricsLogger.from_config(cfg, self.run_dir, enabled=self.is_main)
 
     # ------------------------------------------------------------------ setup
     def log(self, line: str) -> None:
@@ -149,6 +163,9 @@ class Trainer:
     def _load_weights(self, model: torch.nn.Module, checkpoint: Path) -> None:
         from safetensors.torch import load_file
 
+        if lora_support.is_lora(model):
+            lora_support.load_adapter(model, checkpoint / "model")
+            return
         state: dict[str, torch.Tensor] = {}
         for shard in sorted((checkpoint / "model").glob("*.safetensors")):
             state.update(load_file(str(shard)))
@@ -168,10 +185,24 @@ class Trainer:
             self.objective.load_state_dict(state["objective"])
         self.step = int(state["step"])
         ckpt.set_rng_state(state["rng"])
-        # The log must read as if the run had never stopped: drop lines written after the checkpoint.
+        # The log must read as if the run had never stopped: drop lines written after the checkpoint
+        # (and a line torn by a kill), and the temporary folders of a write the kill interrupted.
         if self.is_main:
-            kept = [r for r in read_metrics(self.run_dir) if r["step"] <= self.step]
-            (self.run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+            records = read_metrics(self.run_dir)
+            kept = records[: state["metrics_records"]] if "metrics_records" in state else \
+                [r for r in records if r["step"] <= self.step]
+            tmp = self.run_dir / ".metrics.jsonl.tmp"
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, self.run_dir / "metrics.jsonl")
+            removed = ckpt.remove_partial_writes(self.run_dir)
+            # Checkpoints newer than this one failed verification (latest_valid warned about each):
+            # this run will write those steps again.
+            for newer in [c for c in ckpt.list_checkpoints(self.run_dir) if c.name > checkpoint.name]:
+                shutil.rmtree(newer, ignore_errors=True)
+                removed.append(newer.name)
+            ckpt.prune(self.run_dir, self.cfg.trainer.keep_last)  # a kill may have come before the pruning
+            if removed:
+                self.log(f"removed what an interrupted run left behind: {', '.join(removed)}")
         self.log(f"resumed from {checkpoint} at step {self.step}")
 
     def _save(self) -> None:
@@ -184,6 +215,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rollout": self.rollout.state_dict(),
             "rng": ckpt.rng_state(),
+            "metrics_records": len(read_metrics(self.run_dir)),  # the log as it was at this step
         }
         if hasattr(self.objective, "state_dict"):
             state["objective"] = self.objective.state_dict()
@@ -254,22 +286,27 @@ class Trainer:
         accum = self.cfg.trainer.grad_accum
         micro = [next(stream) for _ in range(accum)]
         weights = [self._weight(b) for b in micro]
-        total = sum(weights) or 1.0
+        # Shares of the global batch (every process's micro-batches): see alignkit.distributed.
+        shares, _ = distributed.global_weights(weights, self.accelerator)
+        scale = 1.0 / self.accelerator.num_processes  # per-process part of the logged (summed) metrics
         sums: dict[str, float] = {}
-        for index, (batch, weight) in enumerate(zip(micro, weights)):
-            share = weight / total
+        for index, (batch, share) in enumerate(zip(micro, shares)):
             sync = index == accum - 1
             context = self.accelerator.no_sync(self.policy) if not sync else contextlib.nullcontext()
             with context:
                 out: LossOutput = self.objective(batch)
-                if not torch.isfinite(out.loss):
+                if not distributed.all_finite(out.loss.detach(), self.accelerator):
+                    intact = ckpt.list_checkpoints(self.run_dir)
                     raise TrainingError(
-                        f"non-finite loss ({float(out.loss)}) at step {self.step + 1}; stopped. "
-                        f"The last good checkpoint (if any) is in {self.run_dir / 'checkpoints'}")
+                        f"non-finite loss ({float(out.loss.detach())}) at step {self.step + 1}; stopped. " + (
+                            f"The last good checkpoint is {intact[-1]} (continue with resume={self.run_dir})"
+                            if intact else "No checkpoint was written yet (see trainer.save_every)"))
                 self.accelerator.backward(out.loss * share)
-            sums["loss"] = sums.get("loss", 0.0) + share * float(out.loss.detach())
+            sums["loss"] = sums.get("loss", 0.0) + scale * share * float(out.loss.detach())
             for key, value in out.metrics.items():
-                sums[key] = sums.get(key, 0.0) + share * to_float(value)
+                sums[key] = sums.get(key, 0.0) + scale * share * to_float(value)
+        sums = distributed.reduce_metrics(sums, self.accelerator)
+        distributed.average_gradients(self._loose, self.accelerator)
         if self.cfg.trainer.max_grad_norm > 0:
             # Every optimised tensor, not only the policy's: value and reward heads are clipped too.
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -317,16 +354,23 @@ class Trainer:
                 self._save()
         self._bar = None
         result.steps = self.step
+        # The last checkpoint comes before the held-out evaluation, so that a run killed after it
+        # resumes into exactly one "after" line in metrics.jsonl.
+        if tcfg.save_every and self.step % tcfg.save_every != 0:
+            self._save()
         result.eval_after = self.evaluate()
         if result.eval_after:
             self.metrics.log(self.step, result.eval_after, split="eval")
-        if tcfg.save_every and self.step % tcfg.save_every != 0:
-            self._save()
         if self.is_main:
             result.final_model = self.run_dir / "final"
-            ckpt.write_model(self.accelerator.unwrap_model(self.policy), self.tokenizer, result.final_model)
-            if hasattr(self.objective, "save_extras"):
-                self.objective.save_extras(result.final_model)
+
+            def extras(folder: Path) -> None:  # inside the atomic write: final/ appears complete or not at all
+                # A LoRA policy is saved merged (a plain HF folder), its adapter beside it in final/adapter.
+                lora_support.save_adapter(self.policy, folder / "adapter")
+                if hasattr(self.objective, "save_extras"):
+                    self.objective.save_extras(folder)
+
+            ckpt.write_model(lora_support.exportable(self.policy), self.tokenizer, result.final_model, extras=extras)
         self.accelerator.wait_for_everyone()
         self._write_summary(result)
         self.metrics.close()

@@ -1,13 +1,26 @@
-"""Metrics to ``metrics.jsonl`` (one JSON object a line) and TensorBoard."""
+"""Metrics to ``metrics.jsonl`` (one JSON object a line) and to experiment trackers.
+
+Trackers are accelerate's (``accelerate.tracking``): ``tensorboard`` (on by default, under
+``<run>/tensorboard``), ``wandb``, ``mlflow``, ``comet_ml``, ``aim``, ``clearml``, ``dvclive``,
+``swanlab``, ``trackio``, chosen with ``trainer.trackers=[tensorboard,wandb]``. ``metrics.jsonl``
+is always written: it is what ``alignkit plot`` reads.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+
+from .errors import ConfigError
+
+#: pip package of each accelerate tracker, for the "not installed" error.
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet-ml",
+                    "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab",
+                    "trackio": "trackio"}
 
 
 def to_float(value: Any) -> float:
@@ -16,26 +29,74 @@ def to_float(value: Any) -> float:
     return float(value)
 
 
+def tracker_names(trainer_cfg: Any) -> list[str]:
+    """The trackers a ``trainer`` config asks for (``trainer.tensorboard=false`` drops TensorBoard)."""
+    names = [str(n) for n in (trainer_cfg.get("trackers", None) or [])]
+    if not trainer_cfg.get("tensorboard", True):
+        names = [n for n in names if n != "tensorboard"]
+    return list(dict.fromkeys(names))
+
+
+def check_trackers(names: Sequence[str]) -> None:
+    """ConfigError naming the first tracker that accelerate does not know or that is not installed."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    available = {str(t) for t in get_available_trackers()}
+    for name in names:
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise ConfigError(f"trainer.trackers: unknown tracker {name!r}; available: {', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
+        if name not in available:
+            raise ConfigError(f"trainer.trackers: {name} is not installed; pip install {TRACKER_PACKAGES.get(name, name)} "
+                              f"(or drop it: trainer.trackers=[tensorboard])")
+
+
+def _flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and None become strings (tracker hparams are scalars)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_config(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out
+
+
 class MetricsLogger:
-    """Appends ``{"step": ..., "split": ..., <metrics>}`` lines; mirrors them to TensorBoard.
+    """Appends ``{"step": ..., "split": ..., <metrics>}`` lines; mirrors them to the trackers.
 
     Args:
-        run_dir: the run folder; writes ``metrics.jsonl`` and ``tensorboard/`` there.
-        tensorboard: also write TensorBoard event files.
-        enabled: False on non-main processes.
+        run_dir: the run folder; writes ``metrics.jsonl`` (and ``tensorboard/``) there.
+        tensorboard: shorthand used when ``trackers`` is None: TensorBoard on or off.
+        enabled: False on non-main processes (nothing is written, no tracker starts).
+        trackers: accelerate tracker names (``tensorboard``, ``wandb``, ...); tags are ``<split>/<key>``.
+        project: the tracker project (W&B project, MLflow experiment); the run is named after ``run_dir``.
+        config: the run config, stored as the trackers' hyper-parameters.
+        tracker_kwargs: per-tracker keyword arguments, e.g. ``{"wandb": {"entity": "me"}}``.
     """
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True,
+                 trackers: Sequence[str] | None = None, project: str = "alignkit", config: dict | None = None,
+                 tracker_kwargs: dict[str, dict] | None = None) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
-        self._tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        self.trackers: list[Any] = []
+        names = list(trackers) if trackers is not None else (["tensorboard"] if tensorboard else [])
+        if enabled and names:
+            self.trackers = _start_trackers(names, Path(run_dir), project, config or {}, tracker_kwargs or {})
 
-                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-            except ImportError:  # tensorboard is optional at run time
-                self._tb = None
+    @classmethod
+    def from_config(cls, cfg: Any, run_dir: Path, *, enabled: bool = True) -> "MetricsLogger":
+        """The logger a run config asks for (``trainer.trackers``, ``trainer.tracker_project``, ...)."""
+        from omegaconf import OmegaConf
+
+        tcfg = cfg.trainer
+        kwargs = tcfg.get("tracker_kwargs", None)
+        return cls(run_dir, enabled=enabled, trackers=tracker_names(tcfg), project=str(tcfg.get("tracker_project", "alignkit")),
+                   config=OmegaConf.to_container(cfg, resolve=True) if enabled else None,
+                   tracker_kwargs=OmegaConf.to_container(kwargs, resolve=True) if kwargs else None)
 
     def log(self, step: int, metrics: dict[str, Any], split: str = "train") -> dict[str, float]:
         values = {k: to_float(v) for k, v in metrics.items()}
@@ -44,19 +105,55 @@ class MetricsLogger:
         record = {"step": step, "split": split, **{k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}}
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            for key, value in values.items():
-                self._tb.add_scalar(f"{split}/{key}", value, step)
-            self._tb.flush()
+        tagged = {f"{split}/{key}": value for key, value in values.items()}
+        for tracker in self.trackers:
+            tracker.log(tagged, step=step)
         return values
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []
+
+
+def _start_trackers(names: list[str], run_dir: Path, project: str, config: dict, kwargs: dict[str, dict]) -> list[Any]:
+    """Build and start accelerate trackers the way ``Accelerator.init_trackers`` does."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    check_trackers(names)
+    hparams = _flat_config(config)
+    started = []
+    for name in names:
+        cls = LOGGER_TYPE_TO_CLASS[name]
+        options = dict(kwargs.get(name, {}))
+        if name == "tensorboard":
+            tracker = cls("", str(run_dir / "tensorboard"), **options)
+        elif name == "wandb":  # accelerate passes the project as run_name to wandb.init(project=...)
+            options.setdefault("name", run_dir.name)
+            options.setdefault("dir", str(run_dir))
+            tracker = cls(project, **options)
+        elif cls.requires_logging_directory:
+            tracker = cls(project, str(run_dir / name), **options)
+        else:
+            tracker = cls(project, **options)
+        tracker.start()
+        if hparams and name != "tensorboard":  # TensorBoard's hparams view would add a sub-run per start
+            tracker.store_init_configuration(hparams)
+        started.append(tracker)
+    return started
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of ``<run_dir>/metrics.jsonl``; a torn last line (a killed process) is dropped."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise
+    return records

@@ -40,6 +40,25 @@ class TinyArch:
 
 
 @dataclass
+class LoraConfig:
+    """The ``model.lora`` node: LoRA adapters through PEFT (off while ``r`` is 0; see ``alignkit.lora``).
+
+    Attributes:
+        r: adapter rank; 0 trains the full model.
+        alpha: scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: dropout on the adapter's input.
+        target_modules: names of the linear layers that get adapters (suffixes, as PEFT matches them).
+        bias: none | all | lora_only (which biases train).
+    """
+
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    bias: str = "none"
+
+
+@dataclass
 class ModelConfig:
     """The ``model`` config group.
 
@@ -55,6 +74,8 @@ class ModelConfig:
         trust_remote_code: run code shipped inside the model folder; off unless you set it.
         seed: initialisation seed for ``source=random``.
         tiny: architecture for ``source=random``.
+        lora: LoRA adapters (``model.lora.r=16``); the reference of DPO / PPO / REINFORCE is then the
+            same model with adapters disabled.
     """
 
     name: str = "custom"
@@ -65,6 +86,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     seed: int = 0
     tiny: TinyArch = field(default_factory=TinyArch)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 def cache_dir() -> Path:
@@ -118,7 +140,12 @@ def load_tokenizer(cfg: Any, model_folder: Path | None = None) -> Any:
     folder = cfg.tokenizer_path or model_folder or BUNDLED_TOKENIZER
     if not Path(folder).exists():
         raise ModelError(f"model.tokenizer_path: no such folder: {folder}")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=cfg.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        key = "model.tokenizer_path" if cfg.tokenizer_path else "model.path"
+        raise ModelError(f"{key}={folder}: cannot load a tokenizer (set model.tokenizer_path to a folder "
+                         f"that has one): {str(exc).splitlines()[0]}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

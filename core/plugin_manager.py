@@ -44,6 +44,10 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "alignkit.plugins.kwise",
     "alignkit.plugins.ppo",
     "alignkit.plugins.reinforce",
+    "alignkit.plugins.plot",
+    "alignkit.plugins.evaluate",
+    "alignkit.plugins.cai",
+    "alignkit.plugins.steerlm",
 )
 
 # Hooks whose ``register`` callback receives specs; ``register_config_dirs`` returns instead.

@@ -5,7 +5,8 @@ Every text is a list of chat messages ``{"role": ..., "content": ...}``.
 =========  ==========================================================================
 kind       fields
 =========  ==========================================================================
-tokens     ``prompt`` (messages), ``completion`` (messages); optional ``scores`` ({attribute: number})
+tokens     ``prompt`` (messages), ``completion`` (messages); optional ``scores`` ({attribute: number}),
+           ``attributes`` ({name: value} the method's ``condition`` writes into the prompt, e.g. SteerLM)
 pairs      ``prompt``, ``chosen``, ``rejected``; optional ``margin`` (float), ``label`` (P(chosen>rejected))
 ranked     ``prompt``, ``completions`` (list of messages, best first)
 prompts    ``prompt``

@@ -95,6 +95,8 @@ class ReferenceLogprobs:
 
         rollout, policy = self.ctx.rollout, self.ctx.policy
         n = len(rollout.train) if split == "train" else len(rollout.held_out)
+        if n == 0:  # no held-out split (data.eval_fraction=0): nothing to look up later
+            return torch.empty(0, 0)
         values: torch.Tensor | None = None
         was_training = policy.training
         policy.eval()

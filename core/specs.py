@@ -49,6 +49,12 @@ class MethodSpec(_Spec):
         needs_reference: load a frozen copy of the initial policy as ``context.reference``.
         schema: dataclass typing ``cfg.method`` (must have a ``name: str`` field).
         summary: one line for ``alignkit ls methods``.
+        condition: optional ``condition(cfg, prompt, values, *, fill_defaults) -> prompt``: how the
+            method writes per-example conditioning values into a prompt (messages). Dataset rollouts
+            apply it to every record that carries ``attributes`` (``fill_defaults=False``), and
+            ``alignkit chat --attributes k=v,...`` to the user's prompt (``fill_defaults=True``, values
+            as strings), so training and inference condition the same way (SteerLM's attribute
+            string). Raise ``ValueError`` for a bad value.
     """
 
     KIND = "methods"
@@ -57,6 +63,7 @@ class MethodSpec(_Spec):
     needs_reference: bool = False
     schema: type | None = None
     summary: str = ""
+    condition: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.consumes) and self.consumes not in RECORD_KINDS:

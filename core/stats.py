@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 Z95 = 1.959963984540054
@@ -48,3 +50,30 @@ def preference_summary(correct: torch.Tensor, margin: torch.Tensor, prefix: str 
 def preference_correct(margin: torch.Tensor) -> torch.Tensor:
     """1 where the chosen answer wins, 0 where it loses, 1/2 on an exact tie (e.g. at initialisation)."""
     return (margin > 0).float() + 0.5 * (margin == 0).float()
+
+
+def bootstrap_interval(statistic: Callable[[np.ndarray], Any], n: int, *, rounds: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval (Efron, 1979) of a statistic of n items resampled with replacement.
+
+    Each round draws indices i_1..i_n uniformly from 0..n−1 (a seeded ``numpy`` generator, so the
+    interval is reproducible) and evaluates ``statistic(indices)``; the interval is the
+    ((1−level)/2, (1+level)/2) quantiles of the R values, per output element.
+
+    Args:
+        statistic: maps an (n,) index array to a float or an array (e.g. all players' ratings).
+        n: number of items (games, prompts).
+        rounds: R resamples.
+        seed: seed of the resampling generator.
+        level: coverage of the interval.
+
+    Returns:
+        (low, high), each shaped like the statistic's output.
+    """
+    if n < 1 or rounds < 1:
+        raise ValueError(f"bootstrap needs n >= 1 and rounds >= 1 (got n={n}, rounds={rounds})")
+    generator = np.random.default_rng(seed)
+    values = np.stack([np.asarray(statistic(generator.integers(0, n, size=n)), dtype=np.float64)
+                       for _ in range(rounds)])  # (R, ...)
+    alpha = (1.0 - level) / 2.0
+    return np.quantile(values, alpha, axis=0), np.quantile(values, 1.0 - alpha, axis=0)

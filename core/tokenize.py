@@ -44,7 +44,8 @@ class Encoder:
             raise DataError(f"data.max_prompt_length ({max_prompt_length}) must be below data.max_length ({max_length})")
         if use_chat_template and not getattr(tokenizer, "chat_template", None):
             raise DataError(
-                "the tokenizer has no chat template; set data.chat_template=false to train on plain text"
+                f"the tokenizer ({getattr(tokenizer, 'name_or_path', '') or 'model.tokenizer_path'}) has no chat "
+                "template; set data.chat_template=false to train on plain text"
             )
         self.tokenizer = tokenizer
         self.max_length = max_length

@@ -67,6 +67,24 @@ def _torch_seq_stats(
     return seq_sum, count
 
 
+def _token_grads(
+    g_logp: torch.Tensor | None,
+    g_ent: torch.Tensor | None,
+    g_sum: torch.Tensor | None,
+    labels: torch.Tensor,
+    count: torch.Tensor,
+    seq_len: int,
+    ignore_index: int,
+    entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token upstream gradients ``(g, g_ent)`` (N,) from those of ``(logp, entropy, seq_sum)``."""
+    valid = (labels != ignore_index).view(-1, seq_len)  # (B, T)
+    g = fold_token_grads(
+        None if g_logp is None else g_logp.view(-1, seq_len), g_sum, None, valid, count
+    ).view(-1)  # (N,)
+    return g, (g_ent if entropy else None)
+
+
 class LogitsStatsFunction(torch.autograd.Function):
     """Differentiable ``(logp, entropy, seq_sum, count)`` from (N, V) logits."""
 
@@ -100,21 +118,11 @@ class LogitsStatsFunction(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         logits, labels, lse, ent, count = ctx.saved_tensors
         seq_len, ignore_index, temperature, entropy, engine = ctx.cfg
-        valid = (labels != ignore_index).view(-1, seq_len)  # (B, T)
-        g = fold_token_grads(
-            None if g_logp is None else g_logp.view(-1, seq_len), g_sum, None, valid, count
-        ).view(-1)  # (N,)
-        ge = g_ent if entropy else None  # (N,)
-        if engine is not None:
-            grad = engine.logits_backward(
-                logits, labels, lse, ent if entropy else None, g, ge,
-                ignore_index=ignore_index, temperature=temperature,
-            )
-        else:
-            grad = torch_logprobs.logits_backward(
-                logits, labels, lse, ent if entropy else None, g, ge,
-                ignore_index=ignore_index, temperature=temperature,
-            )
+        g, ge = _token_grads(g_logp, g_ent, g_sum, labels, count, seq_len, ignore_index, entropy)
+        grad = (engine or torch_logprobs).logits_backward(
+            logits, labels, lse, ent if entropy else None, g, ge,
+            ignore_index=ignore_index, temperature=temperature,
+        )
         return grad, None, None, None, None, None, None
 
 
@@ -209,11 +217,7 @@ class LinearStatsFunction(torch.autograd.Function):
         hidden, weight, labels, lse, ent, count, dh = ctx.saved_tensors
         seq_len, ignore_index, temperature, entropy, engine, h_dtype = ctx.cfg
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        valid = (labels != ignore_index).view(-1, seq_len)  # (B, T)
-        g = fold_token_grads(
-            None if g_logp is None else g_logp.view(-1, seq_len), g_sum, None, valid, count
-        ).view(-1)  # (N,)
-        ge = g_ent if entropy else None  # (N,)
+        g, ge = _token_grads(g_logp, g_ent, g_sum, labels, count, seq_len, ignore_index, entropy)
         grad_h: torch.Tensor | None = None
         if dh is not None and need_h:
             grad_h = (dh * g[:, None].to(dh.dtype)).to(h_dtype)  # (N, d)

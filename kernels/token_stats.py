@@ -76,3 +76,28 @@ def fold_token_grads(
         per_seq += grad_mean / count.clamp(min=1).to(dtype)
     g += per_seq[:, None]
     return g * valid  # (B, T)
+
+
+def masked_labels(labels: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(valid, safe)``: (N,) bool ``label != ignore_index`` and (N,) labels with 0 at ignored rows
+    (a valid index to gather with; what is gathered there is masked out)."""
+    valid = labels != ignore_index  # (N,)
+    return valid, torch.where(valid, labels, 0)  # (N,)
+
+
+def masked_grads(
+    grad_logp: torch.Tensor, grad_ent: torch.Tensor | None, valid: torch.Tensor, acc: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Upstream per-token gradients in the accumulation dtype, 0 at ignored rows: ``(g, g_ent)``.
+
+    Args:
+        grad_logp: (N,) gradient of the log-probs.
+        grad_ent: (N,) gradient of the entropy, or None.
+        valid: (N,) bool.
+        acc: Accumulation dtype.
+
+    Returns:
+        (N,) contiguous ``g`` and ``g_ent`` (or None).
+    """
+    g = grad_logp.to(acc) * valid  # (N,)
+    return g, (grad_ent.to(acc) * valid if grad_ent is not None else None)  # (N,)

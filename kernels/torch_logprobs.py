@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from alignkit.kernels.token_stats import masked_grads, masked_labels
+
 CHUNK_ELEMENTS = 1 << 23
 """Elements of the per-chunk float32 buffer (32 MB): big enough to keep kernels efficient."""
 
@@ -61,8 +63,7 @@ def logits_forward(
     """
     n, v = logits.shape
     chunk = chunk or chunk_rows(v)
-    valid = labels != ignore_index  # (N,)
-    safe = torch.where(valid, labels, 0)  # (N,)
+    valid, safe = masked_labels(labels, ignore_index)  # (N,)
     logp = torch.empty(n, dtype=acc_dtype(logits), device=logits.device)  # (N,)
     lse = torch.empty_like(logp)  # (N,)
     ent = torch.empty_like(logp) if entropy else None  # (N,)
@@ -113,11 +114,8 @@ def logits_backward(
     """
     n, v = logits.shape
     chunk = chunk or chunk_rows(v)
-    valid = labels != ignore_index  # (N,)
-    safe = torch.where(valid, labels, 0)  # (N,)
-    acc = acc_dtype(logits)
-    g = grad_logp.to(acc) * valid  # (N,)
-    ge = grad_ent.to(acc) * valid if grad_ent is not None else None  # (N,)
+    valid, safe = masked_labels(labels, ignore_index)  # (N,)
+    g, ge = masked_grads(grad_logp, grad_ent, valid, acc_dtype(logits))  # (N,)
     grad = torch.empty_like(logits)  # (N, V)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)

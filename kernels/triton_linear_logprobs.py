@@ -26,6 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
+from alignkit.kernels.token_stats import masked_grads
+from alignkit.kernels.torch_logprobs import acc_dtype
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 """Whether these kernels were decorated under the Triton CPU interpreter."""
 
@@ -160,10 +163,6 @@ def _config(x: torch.Tensor) -> dict[str, object]:
     return {"CAST": cast, "PRECISION": "tf32" if tf32 else "ieee", "ACC": acc_tl}
 
 
-def _acc(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def linear_forward(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -192,7 +191,7 @@ def linear_forward(
     v = weight.shape[0]
     if weight.dtype != hidden.dtype:
         weight = weight.to(hidden.dtype)
-    acc = _acc(hidden)
+    acc = acc_dtype(hidden)
     logp = torch.empty(n, dtype=acc, device=hidden.device)  # (N,)
     lse = torch.empty_like(logp)  # (N,)
     ent = torch.empty_like(logp) if entropy else lse  # (N,) dummy pointer when unused
@@ -245,11 +244,9 @@ def linear_backward(
     n, d = hidden.shape
     v = weight.shape[0]
     w_in = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
-    acc = _acc(hidden)
-    valid = labels != ignore_index  # (N,)
-    g = (grad_logp.to(acc) * valid).contiguous()  # (N,)
-    use_ent = grad_ent is not None
-    ge = (grad_ent.to(acc) * valid).contiguous() if use_ent else g  # (N,)
+    acc = acc_dtype(hidden)
+    g, ge = masked_grads(grad_logp, grad_ent, labels != ignore_index, acc)  # (N,)
+    use_ent = ge is not None
     dh = torch.zeros((n, d) if need_hidden else (1, 1), dtype=acc, device=hidden.device)
     dw = torch.zeros((v, d) if need_weight else (1, 1), dtype=acc, device=hidden.device)
     if n:
@@ -257,7 +254,7 @@ def linear_backward(
         grid = (triton.cdiv(n, blocks["BLOCK_N"]),)
         _linear_bwd_kernel[grid](
             hidden, w_in, labels, hidden.stride(0), w_in.stride(0),
-            lse, ent if use_ent else lse, g, ge, dh, dw,
+            lse, ent if use_ent else lse, g, ge if use_ent else g, dh, dw,
             n, v, d, temperature,
             ENTROPY=use_ent, NEED_H=need_hidden, NEED_W=need_weight,
             **_config(hidden), **blocks,

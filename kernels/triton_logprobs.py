@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from alignkit.kernels.token_stats import masked_grads
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 """Whether these kernels were decorated under the Triton CPU interpreter."""
 
@@ -164,14 +166,12 @@ def logits_backward(
     """
     n, v = logits.shape
     acc, acc_tl = _acc(logits)
-    valid = labels != ignore_index  # (N,)
-    g = (grad_logp.to(acc) * valid).contiguous()  # (N,)
-    use_ent = grad_ent is not None
-    ge = (grad_ent.to(acc) * valid).contiguous() if use_ent else g  # (N,)
+    g, ge = masked_grads(grad_logp, grad_ent, labels != ignore_index, acc)  # (N,)
+    use_ent = ge is not None
     grad = torch.empty_like(logits)  # (N, V)
     if n:
         _logits_bwd_kernel[(n,)](
-            logits, logits.stride(0), labels, lse, ent if use_ent else lse, g, ge,
+            logits, logits.stride(0), labels, lse, ent if use_ent else lse, g, ge if use_ent else g,
             grad, grad.stride(0), v, temperature,
             BLOCK_V=BLOCK_V, ENTROPY=use_ent, ACC=acc_tl, num_warps=_num_warps(),
         )

@@ -8,7 +8,8 @@ from typing import Any, Iterator
 import torch
 
 from alignkit.context import RunContext
-from alignkit.data import COLLATORS, encode_records, length_of, make_encoder, split_records
+from alignkit.data import COLLATORS, condition_records, encode_records, length_of, make_encoder, split_records
+from alignkit.distributed import shard
 
 
 @dataclass
@@ -37,6 +38,9 @@ class DatasetRollout:
     def __init__(self, ctx: RunContext, cfg: Any) -> None:
         data_cfg, tcfg = ctx.cfg.data, ctx.cfg.trainer
         train_records, eval_records = split_records(data_cfg, ctx.registry, ctx.kind, tcfg.seed)
+        conditioned = condition_records(train_records + eval_records, ctx.cfg, ctx.registry)
+        if conditioned:
+            ctx.log(f"data: {conditioned} records conditioned on their attributes by method={ctx.cfg.method.name}")
         encoder = make_encoder(data_cfg, ctx.tokenizer)
         self.train = encode_records(train_records, ctx.kind, encoder)
         self.held_out = encode_records(eval_records, ctx.kind, encoder)
@@ -49,6 +53,7 @@ class DatasetRollout:
         self.batch_size = tcfg.batch_size
         self.eval_batch_size = tcfg.eval_batch_size
         self.seed = tcfg.seed
+        self.accelerator = getattr(ctx, "accelerator", None)
         self.cfg = cfg
         if len(self.train) < self.batch_size:
             from alignkit.errors import DataError
@@ -83,7 +88,8 @@ class DatasetRollout:
         if self.index >= len(self._batches):
             self.epoch, self.index = self.epoch + 1, 0
             self._batches = self._plan(self.epoch)
-        batch = self._batch(self.train, self._batches[self.index])
+        # Every process plans the same global batch and trains on its own slice of it.
+        batch = self._batch(self.train, shard(self._batches[self.index], getattr(self, "accelerator", None)))
         self.index += 1
         return batch
 

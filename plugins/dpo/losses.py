@@ -42,6 +42,7 @@ def dpo(
     *,
     beta: float = 0.1,
     label_smoothing: float = 0.0,
+    soft_labels: Tensor | None = None,
 ) -> Tensor:
     r"""DPO sigmoid loss on policy/reference log-ratios; conservative DPO (cDPO) when label_smoothing > 0.
 
@@ -57,6 +58,14 @@ def dpo(
     ε = 0 is plain DPO; ε > 0 assumes each preference label is flipped with probability ε.
     When the policy equals the reference, h = 0 and the loss is exactly ln 2 for every β.
 
+    Per-pair soft labels p = P(chosen better) (e.g. AI feedback read from token probabilities, as in
+    Constitutional AI / RLAIF) replace the fixed 1 − ε by each pair's own target, the cDPO loss with
+    a per-pair flip rate 1 − p; combined with ε the target is q = p(1 − ε) + (1 − p)ε::
+
+        loss = −q · log σ(β h) − (1 − q) · log σ(−β h)
+
+    p = 1 gives the formula above exactly.
+
     Args:
         policy_chosen_logps: (B,) log π(y_c|x), summed over the response tokens.
         policy_rejected_logps: (B,) log π(y_r|x).
@@ -64,6 +73,7 @@ def dpo(
         ref_rejected_logps: (B,) log π_ref(y_r|x).
         beta: inverse temperature β > 0 of the implicit KL penalty.
         label_smoothing: ε in [0, 0.5], probability that a label is flipped.
+        soft_labels: optional (B,) probability p in [0, 1] that the chosen answer is the better one.
 
     Returns:
         (B,) per-example losses.
@@ -80,6 +90,10 @@ def dpo(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
     )  # (B,)
     logits = beta * h  # (B,)
+    if soft_labels is not None:
+        p = soft_labels.to(logits)  # (B,)
+        target = p * (1.0 - label_smoothing) + (1.0 - p) * label_smoothing  # (B,)
+        return -target * F.logsigmoid(logits) - (1.0 - target) * F.logsigmoid(-logits)  # (B,)
     # Two weighted terms rather than a soft-label BCE so that ε = 0 reproduces DPO bit for bit.
     return -(1.0 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(
         -logits

@@ -93,6 +93,11 @@ class DPOObjective:
         self.sft_weight = float(cfg.method.sft_weight)
         spec = ctx.registry.get("losses", cfg.loss.name, where="loss.name")
         self.loss_fn = bind_pair_loss(spec.fn, cfg.loss, self.beta)
+        self.loss_name = cfg.loss.name
+        self.takes_soft_labels = "soft_labels" in inspect.signature(spec.fn).parameters
+        train = getattr(ctx.rollout, "train", None) or []
+        if not self.takes_soft_labels and any(float(ex.get("label", 1.0)) != 1.0 for ex in train):
+            raise self._no_soft_labels()  # say so before training, not at the first soft pair
         mode = cfg.method.reference
         self.reference = None if mode == "none" else ReferenceLogprobs(ctx, mode)
 
@@ -105,11 +110,25 @@ class DPOObjective:
         else:
             ref = self.reference(batch, split)  # (2B,)
         ref_chosen, ref_rejected = ref[:pairs], ref[pairs:]
-        losses = self.loss_fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected)  # (B,)
+        losses = self.loss_fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                              **self._soft_labels(batch))  # (B,)
         chosen_reward, rejected_reward = dpo_implicit_rewards(
             policy_chosen.detach(), policy_rejected.detach(), ref_chosen, ref_rejected, beta=self.beta)
         return {"losses": losses, "chosen_reward": chosen_reward, "rejected_reward": rejected_reward,
                 "chosen_sum": stats.sum[:pairs], "chosen_count": stats.count[:pairs]}
+
+    def _soft_labels(self, batch: dict) -> dict[str, torch.Tensor]:
+        """``soft_labels`` for the loss when a pair's ``label`` is below 1 (hard labels keep the exact path)."""
+        label = batch.get("label")
+        if label is None or bool((label == 1).all()):
+            return {}
+        if not self.takes_soft_labels:
+            raise self._no_soft_labels()
+        return {"soft_labels": label}
+
+    def _no_soft_labels(self) -> ConfigError:
+        return ConfigError(f"loss={self.loss_name} takes no soft labels but the data has pairs with label < 1; "
+                           "use loss=dpo (or drop the 'label' field)")
 
     def weight(self, batch: dict) -> float:
         return float(batch["num_pairs"])

@@ -22,6 +22,7 @@ import torch
 
 from alignkit.context import RunContext
 from alignkit.data import encode_records, make_encoder, split_records
+from alignkit.distributed import full_parameters, shard
 from alignkit.errors import ConfigError, DataError
 
 from .layout import build_rows, completion_end, last_user_text
@@ -181,8 +182,10 @@ class GenerateRollout:
         model.eval()
         extra = {"tokenizer": tokenizer} if self.cfg.stop else {}
         try:
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self._generation_config(greedy),
-                                 **extra)  # (N, P + new)
+            # A sharded policy (FSDP, ZeRO-3) is gathered for generate; a no-op otherwise.
+            with full_parameters(policy):
+                out = model.generate(input_ids=ids, attention_mask=mask,
+                                     generation_config=self._generation_config(greedy), **extra)  # (N, P + new)
         finally:
             model.train(was_training)
         generated = out[:, width:].tolist()
@@ -201,7 +204,7 @@ class GenerateRollout:
         return batch
 
     def next_batch(self, policy: Any) -> dict:
-        chosen = self._next_prompts()
+        chosen = shard(self._next_prompts(), self.ctx.accelerator)  # this process's prompts of the global batch
         examples = [self.train[i] for i in chosen]
         batch = self.rng.run(lambda: self._sample(policy, examples, self.cfg.num_samples, greedy=False))
         batch["index"] = torch.tensor(chosen).repeat_interleave(self.cfg.num_samples)  # (N,) prompt indices

@@ -23,6 +23,8 @@ class RewardModelScorerConfig:
         name: ``reward_model``.
         path: a reward-model run folder (its ``final/`` is used) or the saved folder itself.
         attribute: which head output is the reward (default: the first).
+        all_attributes: return every head output, (B, A) in the head's attribute order, instead of one
+            column (B,) (an attribute-prediction model, e.g. SteerLM annotation).
         batch_size: sequences scored per forward.
         max_length: cap on prompt + completion tokens (prompts keep their end).
     """
@@ -30,6 +32,7 @@ class RewardModelScorerConfig:
     name: str = "reward_model"
     path: Optional[str] = None
     attribute: Optional[str] = None
+    all_attributes: bool = False
     batch_size: int = 8
     max_length: int = 1024
 
@@ -48,7 +51,7 @@ class RewardModelScorer:
     """Loads ``<run>/final`` (LM trunk + reward head) and scores (prompt, completion) pairs."""
 
     def __init__(self, folder: Path, *, device: torch.device, attribute: str | None = None, batch_size: int = 8,
-                 max_length: int = 1024) -> None:
+                 max_length: int = 1024, all_attributes: bool = False) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
@@ -56,6 +59,7 @@ class RewardModelScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.head = RewardHead.load(folder, self.model.config.hidden_size).to(device).eval()
         self.column = 0 if attribute is None else self._column(attribute)
+        self.all_attributes = all_attributes
         self.encoder = Encoder(self.tokenizer, max_length=max_length, max_prompt_length=max_length * 3 // 4,
                                use_chat_template=bool(self.tokenizer.chat_template))
         self.batch_size, self.device = batch_size, device
@@ -65,9 +69,18 @@ class RewardModelScorer:
             raise ConfigError(f"scorer.attribute={attribute!r}; this reward model has {self.head.attributes}")
         return self.head.attributes.index(attribute)
 
-    @torch.no_grad()
+    @property
+    def attributes(self) -> list[str]:
+        """Names of the head's outputs (the columns of :meth:`score_attributes`)."""
+        return list(self.head.attributes)
+
     def score_texts(self, prompts: list[list[dict]], completions: list[str]) -> torch.Tensor:
         """(B,) rewards for chat-message prompts and their completion texts."""
+        return self.score_attributes(prompts, completions)[:, self.column]  # (B,)
+
+    @torch.no_grad()
+    def score_attributes(self, prompts: list[list[dict]], completions: list[str]) -> torch.Tensor:
+        """(B, A) scores of every head output for chat-message prompts and their completion texts."""
         rows = [self.encoder.encode(p, [{"role": "assistant", "content": c}])["input_ids"]
                 for p, c in zip(prompts, completions)]
         out = []
@@ -75,14 +88,17 @@ class RewardModelScorer:
             chunk = rows[start:start + self.batch_size]
             ids = torch.tensor(pad(chunk, self.tokenizer.pad_token_id), device=self.device)  # (b, T)
             mask = torch.tensor(pad([[1] * len(r) for r in chunk], 0), device=self.device)  # (b, T)
-            out.append(score(self.model, self.head, ids, mask)[:, self.column])
-        return torch.cat(out).float().cpu()  # (B,)
+            out.append(score(self.model, self.head, ids, mask))  # (b, A)
+        return torch.cat(out).float().cpu()  # (B, A)
 
     def __call__(self, batch: dict) -> torch.Tensor:
-        return self.score_texts(batch["prompts"], batch["completions"])
+        if self.all_attributes:
+            return self.score_attributes(batch["prompts"], batch["completions"])  # (B, A)
+        return self.score_texts(batch["prompts"], batch["completions"])  # (B,)
 
 
 def build(ctx: RunContext, cfg: Any) -> RewardModelScorer:
     """A trained reward model (``scorer.path=<run folder>``) scores each completion."""
     return RewardModelScorer(resolve_reward_folder(cfg.path), device=ctx.device, attribute=cfg.attribute,
-                             batch_size=cfg.batch_size, max_length=cfg.max_length)
+                             batch_size=cfg.batch_size, max_length=cfg.max_length,
+                             all_attributes=bool(cfg.get("all_attributes", False)))

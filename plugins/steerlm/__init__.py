@@ -1,0 +1,25 @@
+"""Built-in method ``steerlm`` (attribute-conditioned SFT), data format ``steerlm``, command ``alignkit steerlm``."""
+
+from __future__ import annotations
+
+from alignkit.hookspecs import hookimpl
+from alignkit.specs import CommandSpec, DataFormatSpec, MethodSpec
+
+from . import commands, data_format, objective
+
+
+@hookimpl
+def register_methods(register):
+    register(MethodSpec(name="steerlm", build=objective.build, consumes="tokens", schema=objective.SteerLMConfig,
+                        condition=objective.condition))
+
+
+@hookimpl
+def register_data_formats(register):
+    register(DataFormatSpec(name="steerlm", parse=data_format.parse_steerlm, produces="tokens", required=("attributes",)))
+
+
+@hookimpl
+def register_commands(register):
+    register(CommandSpec(name="steerlm", run=commands.main,
+                         help="SteerLM data: annotate with an attribute model, label by a function, measure steering"))
