@@ -9,18 +9,21 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import ConfigError, ModelError
+from .errors import ConfigError
 
 
 def resolve_model_path(name: str) -> Path | str:
-    """``smollm2`` / ``tiny``, a run folder (uses its ``final/``), a checkpoint, or a HF folder."""
+    """``smollm2`` / ``tiny``, or the weights folder of a run, a checkpoint (LoRA ones too) or a HF folder.
+
+    See :func:`alignkit.models.find_model_folder`: a run folder means its ``final/`` (or, without one,
+    its newest intact checkpoint); a LoRA checkpoint is loaded as its run's base model with the
+    adapter merged in.
+    """
     if name in ("smollm2", "tiny"):
         return name
-    path = Path(name).expanduser()
-    for candidate in (path / "final", path / "model", path):
-        if (candidate / "config.json").exists():
-            return candidate
-    raise ModelError(f"--model {name}: not a model folder, a checkpoint or a run folder with final/")
+    from .models import find_model_folder
+
+    return find_model_folder(name, "--model")
 
 
 def load_for_chat(name: str) -> tuple[Any, Any]:
@@ -74,12 +77,11 @@ def prompt_conditioner(model: str, attributes: str) -> Callable[[list[dict]], li
     """
     from omegaconf import OmegaConf
 
+    from .models import find_run_config
     from .plugin_manager import get_manager
 
     values = parse_key_values(attributes)
-    path = Path(model).expanduser()
-    config = next((folder / "config.yaml" for folder in (path, path.parent, path.parent.parent)
-                   if (folder / "config.yaml").exists()), None)
+    config = find_run_config(model)
     if config is None:
         raise ConfigError(f"--attributes needs a run folder with config.yaml; --model {model} has none")
     cfg = OmegaConf.load(config)

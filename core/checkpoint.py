@@ -2,7 +2,7 @@
 
 Layout of ``<run>/checkpoints/step-000010/``::
 
-    model/              save_pretrained (safetensors) + tokenizer
+    model/              save_pretrained (safetensors) + tokenizer (+ the objective's save_extras)
     trainer_state.pt    optimizer, scheduler, RNG states, rollout position, step (loaded weights_only)
     manifest.json       step, method, model, sha256 of every file (written last)
 
@@ -135,8 +135,13 @@ def write_model(model: Any, tokenizer: Any, target: Path, extras: Any = None) ->
 
 
 def save_checkpoint(run_dir: Path, step: int, model: Any, tokenizer: Any, state: dict[str, Any],
-                    meta: dict[str, Any], keep_last: int) -> Path:
-    """Write ``checkpoints/step-<step>`` atomically and prune to the newest ``keep_last``."""
+                    meta: dict[str, Any], keep_last: int, extras: Any = None) -> Path:
+    """Write ``checkpoints/step-<step>`` atomically and prune to the newest ``keep_last``.
+
+    ``extras(folder)``, if given, writes more files beside the model into ``model/`` (a reward or value
+    head: what the objective's ``save_extras`` writes into ``final/``), checksummed like the rest, so
+    that a checkpoint's ``model/`` opens like a final model.
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
@@ -146,6 +151,8 @@ def save_checkpoint(run_dir: Path, step: int, model: Any, tokenizer: Any, state:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "model")
+        if extras is not None:
+            extras(tmp / "model")
         torch.save(state, tmp / STATE)
         files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, **meta, "files": files}, indent=1))

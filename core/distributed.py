@@ -175,9 +175,15 @@ def accelerator_kwargs(tcfg: Any, num_processes: int = 1) -> dict[str, Any]:
     if strategy == "fsdp":
         from accelerate.utils import FullyShardedDataParallelPlugin
 
+        if cpu or not _accelerator_available():
+            # accelerate 1.15 shards only on accelerator devices: on CPU its plugin raises "There are
+            # currently no available devices found" (sync_module_states=true), and without that the
+            # plugin is ignored and the run silently becomes DDP (DistributedType.MULTI_CPU).
+            raise ConfigError("trainer.strategy=fsdp: accelerate's FSDP needs GPUs (on CPU it refuses, or "
+                              "silently runs DDP); use trainer=ddp on CPU")
         try:
             kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(**fsdp_plugin_kwargs(tcfg))
-        except RuntimeError as exc:  # no GPU / accelerator device: accelerate refuses FSDP
+        except RuntimeError as exc:  # no accelerator device accelerate knows
             raise ConfigError(f"trainer.strategy=fsdp: {str(exc).splitlines()[0]} (FSDP needs GPUs; "
                               "use trainer=ddp on CPU)") from exc
     elif strategy == "deepspeed":
@@ -190,6 +196,14 @@ def accelerator_kwargs(tcfg: Any, num_processes: int = 1) -> dict[str, Any]:
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=deepspeed_config(tcfg, num_processes),
                                                      zero3_init_flag=bool(tcfg.deepspeed.zero3_init))
     return kwargs
+
+
+def _accelerator_available() -> bool:
+    """A GPU (or another accelerator device torch knows) is present."""
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
 
 
 def launched_processes() -> int:
@@ -333,8 +347,39 @@ def full_parameters(model: Any) -> Iterator[None]:
                 break
             if hasattr(module, "unshard") and hasattr(module, "reshard") and isinstance(module, torch.nn.Module):
                 sharded = [m for m in module.modules() if hasattr(m, "unshard") and hasattr(m, "reshard")]
+                # FSDP2 takes the first sharded module to run forward as its root. generate runs the
+                # decoder layers, not the root: before the policy's first forward (an online run's
+                # evaluation before training) a layer would become the root and every later forward
+                # would fail ("FSDP state has already been lazily initialized"). Settle the root first.
+                state = getattr(module, "_get_fsdp_state", None)
+                if state is not None:
+                    state()._lazy_init()
                 for m in sharded:
                     m.unshard()
                 stack.callback(lambda ms=sharded: [m.reshard() for m in ms])
                 break
         yield
+
+
+@torch.no_grad()
+def generate(policy: Any, accelerator: Any, **kwargs: Any) -> torch.Tensor:
+    """``generate`` of a prepared (wrapped, possibly sharded) policy: what online rollouts sample with.
+
+    Unwraps the policy (``accelerator.unwrap_model``; the policy itself without an accelerator), runs
+    HF ``generate`` in eval mode under :func:`full_parameters` and restores the train mode. Under
+    greedy decoding the tokens equal those of the unsharded policy (tested with FSDP v1 and FSDP2
+    on 2 CPU processes).
+
+    Args:
+        policy: the policy as prepared by accelerate (DDP, FSDP, DeepSpeed) or a plain module.
+        accelerator: the run's ``Accelerator`` or None.
+        kwargs: ``generate`` arguments (``input_ids``, ``attention_mask``, ``generation_config``, ...).
+    """
+    model = accelerator.unwrap_model(policy) if accelerator is not None else policy
+    was_training = model.training
+    model.eval()
+    try:
+        with full_parameters(policy):
+            return model.generate(**kwargs)
+    finally:
+        model.train(was_training)

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import checkpoint as ckpt
 from . import distributed
 from . import lora as lora_support
+from . import logprobs, memory
 from .context import RunContext
 from .errors import CheckpointError, ConfigError, TrainingError
 from .interfaces import Batch, LossOutput
@@ -86,10 +87,20 @@ class Trainer:
         from alignkit import kernels
 
         kernels.set_backend(cfg.kernels)
+        try:
+            logprobs.set_length_grouping(tcfg.length_grouping)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         _seed_everything(tcfg.seed)
         self.resume_from = self._find_resume()
+        if tcfg.release_memory:
+            memory.release_freed_memory()  # before the weights: every big tensor of the run gets its own mmap
         policy, tokenizer = load_model(cfg.model)
         policy = lora_support.apply_lora(policy, cfg.model.get("lora"))  # model.lora.r > 0: PEFT adapters
+        try:
+            memory.enable_activation_checkpointing(policy, tcfg.activation_checkpointing)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         policy.train()
         self.tokenizer = tokenizer
         self.ctx = RunContext(cfg=cfg, run_dir=self.run_dir, registry=self.registry, policy=policy,
@@ -167,7 +178,8 @@ class Trainer:
             lora_support.load_adapter(model, checkpoint / "model")
             return
         state: dict[str, torch.Tensor] = {}
-        for shard in sorted((checkpoint / "model").glob("*.safetensors")):
+        # model.safetensors or model-0000i-of-0000n.safetensors; not the heads save_extras wrote beside them
+        for shard in sorted((checkpoint / "model").glob("model*.safetensors")):
             state.update(load_file(str(shard)))
         missing, unexpected = model.load_state_dict(state, strict=False)
         # Tied lm_head weights are saved once; anything else missing means a different model.
@@ -219,9 +231,12 @@ class Trainer:
         }
         if hasattr(self.objective, "state_dict"):
             state["objective"] = self.objective.state_dict()
-        meta = {"method": self.cfg.method.name, "model": self.cfg.model.name}
+        # The model node too, so that a checkpoint alone says which base model its LoRA adapter belongs to.
+        meta = {"method": self.cfg.method.name, "model": self.cfg.model.name,
+                "model_config": OmegaConf.to_container(self.cfg.model, resolve=True)}
         ckpt.save_checkpoint(self.run_dir, self.step, self.accelerator.unwrap_model(self.policy), self.tokenizer,
-                             state, meta, self.cfg.trainer.keep_last)
+                             state, meta, self.cfg.trainer.keep_last,
+                             extras=getattr(self.objective, "save_extras", None))  # heads beside the model
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

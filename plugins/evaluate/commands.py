@@ -267,7 +267,8 @@ def eval_main(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="kind", required=True)
 
     rm = sub.add_parser("rm", help="reward-model accuracy (Wilson CI) and margin on a pairwise file")
-    rm.add_argument("--model", required=True, help="a reward-model run folder (method=reward_model) or its final/")
+    rm.add_argument("--model", required=True, help="a reward-model run folder (method=reward_model), its final/ "
+                                                   "or a checkpoint (LoRA ones too)")
     rm.add_argument("--data", required=True, help="pairwise data file")
     rm.add_argument("--format", default="pairwise", help="data format (pairwise, hh_rlhf, ...)")
     rm.add_argument("--n", type=int, help="use only the first N pairs")

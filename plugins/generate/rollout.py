@@ -22,7 +22,7 @@ import torch
 
 from alignkit.context import RunContext
 from alignkit.data import encode_records, make_encoder, split_records
-from alignkit.distributed import full_parameters, shard
+from alignkit.distributed import generate, shard
 from alignkit.errors import ConfigError, DataError
 
 from .layout import build_rows, completion_end, last_user_text
@@ -177,17 +177,10 @@ class GenerateRollout:
         device = self.ctx.device
         ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompt_ids], device=device)  # (N, P)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)  # (N, P)
-        model = self.ctx.accelerator.unwrap_model(policy)
-        was_training = model.training
-        model.eval()
         extra = {"tokenizer": tokenizer} if self.cfg.stop else {}
-        try:
-            # A sharded policy (FSDP, ZeRO-3) is gathered for generate; a no-op otherwise.
-            with full_parameters(policy):
-                out = model.generate(input_ids=ids, attention_mask=mask,
-                                     generation_config=self._generation_config(greedy), **extra)  # (N, P + new)
-        finally:
-            model.train(was_training)
+        # Unwrapped, eval mode, a sharded policy (FSDP, ZeRO-3) gathered for generate; train mode restored.
+        out = generate(policy, self.ctx.accelerator, input_ids=ids, attention_mask=mask,
+                       generation_config=self._generation_config(greedy), **extra)  # (N, P + new)
         generated = out[:, width:].tolist()
         completions, ended = [], []
         for tokens in generated:

@@ -21,7 +21,8 @@ class RewardModelScorerConfig:
 
     Attributes:
         name: ``reward_model``.
-        path: a reward-model run folder (its ``final/`` is used) or the saved folder itself.
+        path: a reward-model run folder (its ``final/`` is used), a checkpoint of one (LoRA ones
+            too), or the saved folder itself.
         attribute: which head output is the reward (default: the first).
         all_attributes: return every head output, (B, A) in the head's attribute order, instead of one
             column (B,) (an attribute-prediction model, e.g. SteerLM annotation).
@@ -40,11 +41,16 @@ class RewardModelScorerConfig:
 def resolve_reward_folder(path: str | None) -> Path:
     if not path:
         raise ConfigError("scorer.path is not set; pass scorer.path=<reward-model run folder>")
-    folder = Path(path).expanduser()
-    for candidate in (folder / "final", folder):
-        if (candidate / META_FILE).exists():
-            return candidate
-    raise ModelError(f"scorer.path={path}: no {META_FILE} in it or in its final/; train one with method=reward_model")
+    from alignkit.models import find_model_folder
+
+    try:  # a run folder (its final/, or its newest checkpoint), a checkpoint, its model/, a saved folder
+        folder: Path | None = find_model_folder(path, "scorer.path")
+    except ModelError:
+        folder = None
+    if folder is not None and (folder / META_FILE).exists():
+        return folder
+    raise ModelError(f"scorer.path={path}: no {META_FILE} in it, in its final/ or in a checkpoint's model/; "
+                     "train one with method=reward_model")
 
 
 class RewardModelScorer:
@@ -52,11 +58,14 @@ class RewardModelScorer:
 
     def __init__(self, folder: Path, *, device: torch.device, attribute: str | None = None, batch_size: int = 8,
                  max_length: int = 1024, all_attributes: bool = False) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from omegaconf import OmegaConf
 
-        self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
+        from alignkit.models import ModelConfig, load_model
+
+        # load_model: a full trunk, or a LoRA checkpoint's base with its adapter merged in.
+        model, self.tokenizer = load_model(OmegaConf.merge(OmegaConf.structured(ModelConfig), {"path": str(folder)}))
+        self.model = model.to(device).eval()
         self.model.requires_grad_(False)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.head = RewardHead.load(folder, self.model.config.hidden_size).to(device).eval()
         self.column = 0 if attribute is None else self._column(attribute)
         self.all_attributes = all_attributes

@@ -1,0 +1,531 @@
+"""alignkit against TRL on the same model, data and machine: throughput, peak memory, MFU, loss curves.
+
+Two workloads on SmolLM2-135M-Instruct (fp32, CPU), each framework in its own process, alternating
+A B / B A over ``--pairs`` pairs, every figure taken pair by pair and summarised by the median:
+
+- ``dpo``: alignkit ``method=dpo`` (cached reference) vs TRL ``DPOTrainer`` (its defaults except where
+  the comparison needs them equal): the same bundled HH-RLHF harmless pairs (those that fit
+  ``--max-length`` untruncated, sorted by length so both see the same batches in the same order), the
+  same batch, max length, β = 0.1, AdamW at a constant learning rate, max grad norm 1, steps.
+- ``rloo``: alignkit ``method=reinforce method.baseline=rloo`` vs TRL ``RLOOTrainer`` on the bundled
+  short-question prompts with the same function reward (``brevity``, at most 8 words), k samples
+  per prompt, generation length, temperature, KL coefficient, learning rate and steps.
+
+Measured per process: wall time from loading the model to the end of the last optimizer step (data
+preparation, reference log-probs and generation included), the non-padding tokens every forward
+pass of the training step saw (prompt + completion, chosen + rejected), tokens/s, peak RSS (the
+process's ``VmHWM``) and the loss of every step. Model FLOP utilisation is the achieved model FLOP/s
+(6·N per trained token + 2·N per reference or generated token + attention, N the 134.5 M matmul
+parameters) divided by the best fp32 GEMM FLOP/s this machine reaches, measured in the same run
+between the pairs. TRL is a benchmark extra, never a runtime dependency::
+
+    pip install -e '.[bench,model]'
+    python benchmarks/vs_trl.py                     # both workloads, 3 pairs each (~40 min on 2 cores)
+    python benchmarks/vs_trl.py --workload dpo --pairs 1 --steps 2     # a quick look
+    python benchmarks/vs_trl.py --child dpo alignkit --spec '{...}'    # one measurement, one JSON line
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FRAMEWORKS = ("alignkit", "trl")
+LN2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def _model_folder() -> Path:
+    from alignkit.models import ensure_smollm2
+
+    return ensure_smollm2()  # the GGUF converted once into a plain HF folder ($ALIGNKIT_CACHE)
+
+
+def _asset(relative: str) -> Path:
+    import alignkit
+
+    return Path(alignkit.__file__).parent / "assets" / relative
+
+
+def _read_jsonl_gz(path: Path) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+class StepClock:
+    """Wall time and loss of every optimizer step, counted from construction."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.ends: list[float] = []
+        self.losses: list[float] = []
+        self.scores: list[float] = []  # RLOO: mean function reward of each step's samples
+        self.tokens = 0          # non-padding tokens the training forwards saw
+        self.padded_tokens = 0   # the same including padding
+        self.rows = 0            # sequences
+
+    def count(self, attention_mask, rows: bool = True) -> None:
+        self.tokens += int(attention_mask.sum())
+        self.padded_tokens += int(attention_mask.numel())
+        self.rows += int(attention_mask.shape[0]) if rows else 0
+
+    def result(self, steps: int) -> dict:
+        seconds = self.ends[-1] - self.start
+        return {"seconds": seconds, "tokens": self.tokens, "padded_tokens": self.padded_tokens, "rows": self.rows,
+                "tokens_per_s": self.tokens / seconds, "losses": self.losses[:steps],
+                "scores": self.scores[:steps],
+                "step_seconds": [b - a for a, b in zip([self.start] + self.ends[:-1], self.ends)],
+                "peak_rss_mb": _status_mb("VmHWM")}
+
+
+# ---------------------------------------------------------------------------------------------- data
+def prepare_pairs(tokenizer, count: int, max_length: int) -> list[dict]:
+    """``count`` bundled HH-RLHF pairs that fit ``max_length`` untruncated, sorted by length.
+
+    Sorting makes each batch hold similar lengths (both frameworks pad to the longest in the batch),
+    and both read the pairs in this order, so both train on identical batches.
+    """
+    from alignkit.plugins.formats.parsers import parse_hh_rlhf
+
+    chosen = []
+    for row in _read_jsonl_gz(_asset("data/hh_harmless/train.jsonl.gz")):
+        pair = parse_hh_rlhf(row)
+        prompt = tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=True,
+                                               return_dict=False)
+        lengths = [len(tokenizer.apply_chat_template(pair["prompt"] + pair[key], tokenize=True, return_dict=False))
+                   for key in ("chosen", "rejected")]
+        if max(lengths) <= max_length and len(prompt) < max_length // 2:
+            chosen.append(({"prompt": pair["prompt"], "chosen": pair["chosen"], "rejected": pair["rejected"]},
+                           max(lengths)))
+        if len(chosen) == count:
+            break
+    if len(chosen) < count:
+        raise SystemExit(f"only {len(chosen)} bundled pairs fit max_length={max_length}; asked for {count}")
+    return [pair for pair, _ in sorted(chosen, key=lambda item: -item[1])]
+
+
+def prepare_prompts(count: int) -> list[dict]:
+    rows = _read_jsonl_gz(_asset("data/brief_prompts/train.jsonl.gz"))[:count]
+    return [{"prompt": [{"role": "user", "content": row["prompt"]}]} for row in rows]
+
+
+# ---------------------------------------------------------------------------------------------- alignkit
+def _alignkit_trainer(overrides: list[str], run_dir: str, clock: StepClock):
+    from alignkit import checkpoint
+    from alignkit.compose import compose, validate
+    from alignkit.loop import Trainer
+
+    checkpoint.write_model = lambda *args, **kwargs: None  # TRL saves nothing either: no 517 MB final write
+    cfg = compose(["model=smollm2", "trainer.progress=false", "trainer.tensorboard=false", "trainer.save_every=0",
+                   "trainer.log_every=1", "trainer.max_grad_norm=1.0", "trainer.optimizer.weight_decay=0.0",
+                   "trainer.scheduler.name=constant", "trainer.scheduler.warmup_steps=0", "rollout.shuffle=false",
+                   *overrides])
+    validate(cfg)
+    trainer = Trainer(cfg, Path(run_dir))
+    next_batch = trainer.rollout.next_batch
+
+    def counting_next_batch(policy=None):
+        batch = next_batch(policy)
+        clock.count(batch["attention_mask"])
+        return batch
+
+    trainer.rollout.next_batch = counting_next_batch
+    train_step = trainer._train_step
+
+    def timed_step(stream):
+        values = train_step(stream)
+        clock.ends.append(time.perf_counter())
+        clock.losses.append(float(values["loss"]))
+        if "score" in values:
+            clock.scores.append(float(values["score"]))
+        return values
+
+    trainer._train_step = timed_step
+    return trainer
+
+
+def alignkit_dpo(spec: dict, workdir: str) -> dict:
+    data = Path(workdir) / "pairs.jsonl"
+    clock = StepClock()
+    trainer = _alignkit_trainer(
+        ["method=dpo", "data=custom", f"data.path={data}", "data.format=pairwise", "data.eval_fraction=0",
+         f"data.max_length={spec['max_length']}", f"data.max_prompt_length={spec['max_length'] // 2}",
+         "method.reference=cached", f"method.beta={spec['beta']}", f"trainer.batch_size={spec['batch']}",
+         f"trainer.max_steps={spec['steps']}", f"trainer.optimizer.lr={spec['lr']}", "rollout.bucket=false",
+         *spec.get("alignkit_overrides", [])],
+        workdir + "/alignkit-run", clock)
+    trainer.fit()
+    return clock.result(spec["steps"])
+
+
+def alignkit_rloo(spec: dict, workdir: str) -> dict:
+    data = Path(workdir) / "prompts.jsonl"
+    clock = StepClock()
+    trainer = _alignkit_trainer(
+        ["method=reinforce", "method.baseline=rloo", f"method.kl_coef={spec['beta']}", "method.kl_mode=loss",
+         "scorer=function", "scorer.fn=alignkit.plugins.scorers.rewards:brevity", "+scorer.kwargs.max_words=8",
+         "data=custom", f"data.path={data}", "data.format=prompts", "data.eval_fraction=0",
+         "data.max_length=192", "data.max_prompt_length=64", f"rollout.num_samples={spec['k']}",
+         f"rollout.max_new_tokens={spec['max_new_tokens']}", f"rollout.temperature={spec['temperature']}",
+         f"trainer.batch_size={spec['prompts']}", f"trainer.max_steps={spec['steps']}",
+         f"trainer.optimizer.lr={spec['lr']}", *spec.get("alignkit_overrides", [])],
+        workdir + "/alignkit-run", clock)
+    trainer.fit()
+    return clock.result(spec["steps"])
+
+
+# ---------------------------------------------------------------------------------------------- TRL
+def _trl_callback(clock: StepClock):
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.ends.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                clock.losses.append(float(logs["loss"]))
+            if logs and "reward" in logs:
+                clock.scores.append(float(logs["reward"]))
+
+    return Clock()
+
+
+def _trl_model():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _model_folder()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def trl_dpo(spec: dict, workdir: str) -> dict:
+    import copy
+
+    from datasets import Dataset
+    from torch.utils.data import SequentialSampler
+    from trl import DPOConfig, DPOTrainer
+
+    clock = StepClock()
+    model, tokenizer = _trl_model()
+    ref_model = copy.deepcopy(model).eval()
+    rows = [json.loads(line) for line in (Path(workdir) / "pairs.jsonl").read_text().splitlines()]
+    dataset = Dataset.from_list(rows)  # conversational: prompt / chosen / rejected message lists
+
+    class InOrder(DPOTrainer):  # the same batches in the same order as alignkit (no shuffling)
+        def _get_train_sampler(self, *args, **kwargs):
+            return SequentialSampler(self.train_dataset)
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            clock.count(inputs["attention_mask"])  # here, not in the collator: the loader prefetches
+            return super().training_step(model, inputs, *args, **kwargs)
+
+    args = DPOConfig(output_dir=workdir + "/trl-run", per_device_train_batch_size=spec["batch"],
+                     max_steps=spec["steps"], learning_rate=spec["lr"], beta=spec["beta"],
+                     max_length=spec["max_length"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+                     max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to=[], bf16=False,
+                     use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
+                     gradient_checkpointing=spec.get("trl_gradient_checkpointing", True))
+    trainer = InOrder(model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                      callbacks=[_trl_callback(clock)])
+    trainer.train()
+    return clock.result(spec["steps"])
+
+
+def trl_rloo(spec: dict, workdir: str) -> dict:
+    from datasets import Dataset
+    from torch.utils.data import SequentialSampler
+    from trl import RLOOConfig, RLOOTrainer
+
+    from alignkit.plugins.scorers.rewards import brevity
+
+    clock = StepClock()
+    model, tokenizer = _trl_model()
+    rows = [json.loads(line) for line in (Path(workdir) / "prompts.jsonl").read_text().splitlines()]
+    dataset = Dataset.from_list(rows)
+
+    def brevity_reward(prompts, completions, **kwargs):  # conversational completions: [[{"content": ...}]]
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return brevity(prompts, texts, max_words=8)
+
+    class Counting(RLOOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            clock.count(out["prompt_mask"])
+            clock.count(out["completion_mask"], rows=False)  # the same rows' second half
+            return out
+
+    args = RLOOConfig(output_dir=workdir + "/trl-run", per_device_train_batch_size=spec["prompts"] * spec["k"],
+                      num_generations=spec["k"], max_completion_length=spec["max_new_tokens"],
+                      temperature=spec["temperature"], top_p=1.0, top_k=0, beta=spec["beta"],
+                      max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="constant",
+                      warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
+                      report_to=[], bf16=False, use_cpu=True, seed=0, disable_tqdm=True,
+                      dataloader_num_workers=0)
+    trainer = Counting(model=model, reward_funcs=brevity_reward, args=args, train_dataset=dataset,
+                       processing_class=tokenizer, callbacks=[_trl_callback(clock)])
+    trainer.train()
+    return clock.result(spec["steps"])
+
+
+CHILDREN = {("dpo", "alignkit"): alignkit_dpo, ("dpo", "trl"): trl_dpo,
+            ("rloo", "alignkit"): alignkit_rloo, ("rloo", "trl"): trl_rloo}
+
+
+def run_child(workload: str, framework: str, spec: dict) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    result = CHILDREN[(workload, framework)](spec, spec["workdir"])
+    result.update({"workload": workload, "framework": framework})
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs
+def gemm_flops(seconds: float = 4.0) -> float:
+    """Best fp32 GEMM FLOP/s over the model's own matmul shapes (2·m·n·k per product), median of runs."""
+    import torch
+
+    best = 0.0
+    for m, k, n in ((2048, 576, 1536), (2048, 1536, 576), (2048, 576, 576), (1024, 576, 49152 // 4)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        for _ in range(3):
+            a @ b
+        rates = []
+        deadline = time.perf_counter() + seconds / 4
+        while time.perf_counter() < deadline or len(rates) < 5:
+            start = time.perf_counter()
+            a @ b
+            rates.append(2 * m * n * k / (time.perf_counter() - start))
+        best = max(best, statistics.median(rates))
+    return best
+
+
+def model_shape() -> dict:
+    config = json.loads((_model_folder() / "config.json").read_text())
+    d, layers, inter, vocab = config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"], config["vocab_size"]
+    kv = d * config["num_key_value_heads"] // config["num_attention_heads"]
+    per_layer = d * d * 2 + d * kv * 2 + 3 * d * inter  # q, o, k, v, gate/up/down
+    return {"matmul_params": layers * per_layer + vocab * d, "layers": layers, "d": d}
+
+
+def model_flops(workload: str, result: dict, shape: dict) -> float:
+    """The model FLOPs a run had to do: the same count for both frameworks on the same tokens.
+
+    Per token of a sequence of length T (N matmul parameters, L layers, width d): a training forward
+    and backward costs 6·N + 12·L·d·T (attention scores and mixing, Kaplan et al. 2020 / PaLM's
+    MFU appendix), a reference forward 2·N + 4·L·d·T; RLOO also generates, 2·N + 4·L·d·T per token
+    (prompt prefill and sampled tokens, KV cache). Recomputation (activation checkpointing) and
+    padding are not counted: they are the implementation's cost, not the model's.
+    """
+    n, layers, d = shape["matmul_params"], shape["layers"], shape["d"]
+    mean_len = result["tokens"] / max(1, result["rows"])
+    per_token = (6 * n + 12 * layers * d * mean_len) + (2 * n + 4 * layers * d * mean_len)
+    if workload == "rloo":
+        per_token += 2 * n + 4 * layers * d * mean_len
+    return result["tokens"] * per_token
+
+
+# ---------------------------------------------------------------------------------------------- parent
+def measure(workload: str, framework: str, spec: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", workload, framework, "--spec", json.dumps(spec)],
+                         capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        sys.stderr.write(out.stderr[-4000:])
+        raise SystemExit(f"{workload}/{framework} failed (exit {out.returncode})")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def measure_gemm() -> float:
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import vs_trl; print(vs_trl.gemm_flops())"
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+SPECS = {
+    # TRL's DPO defaults are batch 8 and max_length 1024 with activation checkpointing on; 512 keeps a run
+    # within minutes here while the longest sorted pairs still come first (the peak-memory batch).
+    "dpo": {"batch": 8, "steps": 3, "max_length": 512, "beta": 0.1, "lr": 1e-5,
+            "alignkit_overrides": ["trainer.activation_checkpointing=1"]},
+    "rloo": {"prompts": 4, "k": 4, "steps": 3, "max_new_tokens": 32, "temperature": 0.8, "beta": 0.05, "lr": 2e-5,
+             "alignkit_overrides": []},
+}
+
+
+def prepare(workload: str, spec: dict, workdir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    if workload == "dpo":
+        tokenizer = AutoTokenizer.from_pretrained(_model_folder())
+        rows = prepare_pairs(tokenizer, spec["batch"] * spec["steps"], spec["max_length"])
+        (workdir / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        rows = prepare_prompts(spec["prompts"] * spec["steps"])
+        (workdir / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def summarize(workload: str, runs: list[dict], gemm: list[float], shape: dict) -> dict:
+    """Pair-by-pair ratios (alignkit / TRL) and their medians, MFU, loss-curve agreement."""
+    peak_gemm = statistics.median(gemm)
+    for run in runs:
+        run["model_flops"] = model_flops(workload, run, shape)
+        run["mfu"] = run["model_flops"] / run["seconds"] / peak_gemm
+    pairs = [(runs[i], runs[i + 1]) if runs[i]["framework"] == "alignkit" else (runs[i + 1], runs[i])
+             for i in range(0, len(runs) - 1, 2)]
+    speed = [a["tokens_per_s"] / t["tokens_per_s"] for a, t in pairs]
+    memory = [a["peak_rss_mb"] / t["peak_rss_mb"] for a, t in pairs]
+    curve_gap = [max(abs(x - y) for x, y in zip(a["losses"], t["losses"])) for a, t in pairs]
+    median = lambda key, name: statistics.median(r[key] for r in runs if r["framework"] == name)  # noqa: E731
+    return {"workload": workload, "pairs": len(pairs), "speed_ratios": speed, "memory_ratios": memory,
+            "speed_ratio": statistics.median(speed), "memory_ratio": statistics.median(memory),
+            "curve_gap": curve_gap, "gemm_flops": peak_gemm,
+            "first_loss": {name: [r["losses"][0] for r in runs if r["framework"] == name] for name in FRAMEWORKS},
+            **{f"{name}_{key}": median(key, name) for name in FRAMEWORKS
+               for key in ("tokens_per_s", "peak_rss_mb", "mfu", "seconds", "tokens")}}
+
+
+def report(summary: dict, spec: dict, runs: list[dict]) -> str:
+    w = summary["workload"]
+    what = (f"DPO, {spec['batch']} pairs/step, max_length {spec['max_length']}, {spec['steps']} steps"
+            if w == "dpo" else
+            f"RLOO, {spec['prompts']} prompts x k={spec['k']}/step, {spec['max_new_tokens']} new tokens, "
+            f"{spec['steps']} steps")
+    lines = [f"{what}; {summary['pairs']} A/B pairs, medians",
+             "| | alignkit | TRL | alignkit / TRL (pair by pair) |", "|---|---|---|---|"]
+    ratios = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    lines.append(f"| tokens/s | {summary['alignkit_tokens_per_s']:.1f} | {summary['trl_tokens_per_s']:.1f} | "
+                 f"**{summary['speed_ratio']:.2f}x** ({ratios(summary['speed_ratios'])}) |")
+    lines.append(f"| peak RSS (MB) | {summary['alignkit_peak_rss_mb']:,.0f} | {summary['trl_peak_rss_mb']:,.0f} | "
+                 f"**{summary['memory_ratio']:.2f}x** ({ratios(summary['memory_ratios'])}) |")
+    lines.append(f"| MFU | {summary['alignkit_mfu']:.0%} | {summary['trl_mfu']:.0%} | |")
+    lines.append(f"| seconds (load to last step) | {summary['alignkit_seconds']:.0f} | {summary['trl_seconds']:.0f} | |")
+    first = summary["first_loss"]
+    exact = lambda xs: ", ".join(f"{x:.6f}" for x in xs)  # noqa: E731
+    if w == "dpo":
+        lines.append(f"first-step loss: alignkit {exact(first['alignkit'])}; TRL {exact(first['trl'])} "
+                     f"(ln 2 = {LN2:.6f}); largest per-step loss gap within a pair: "
+                     + ", ".join(f"{x:.1e}" for x in summary["curve_gap"]))
+    elif any(r.get("scores") for r in runs):  # the RLOO losses are defined differently: compare rewards
+        for name in FRAMEWORKS:
+            curves = [r.get("scores", []) for r in runs if r["framework"] == name]
+            lines.append(f"mean reward per step, {name}: " + " | ".join(" ".join(f"{v:.3f}" for v in c) for c in curves))
+    lines.append(f"GEMM peak of this machine (fp32, median of {len(summary.get('gemm_runs', [])) or 'the'} runs): "
+                 f"{summary['gemm_flops'] / 1e9:.0f} GFLOP/s")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = [w for w in ("dpo", "rloo") if w in results]
+    fig, axes = plt.subplots(len(workloads), 2, figsize=(10, 3.6 * len(workloads)), squeeze=False)
+    colors = {"alignkit": "tab:blue", "trl": "tab:orange"}
+    for row, w in enumerate(workloads):
+        runs, summary = results[w]["runs"], results[w]["summary"]
+        ax = axes[row][0]
+        key = "losses" if w == "dpo" or not runs[0].get("scores") else "scores"
+        for run in runs:
+            steps = range(1, len(run[key]) + 1)
+            ax.plot(steps, run[key], marker="o", alpha=0.6, color=colors[run["framework"]])
+        for name in FRAMEWORKS:
+            ax.plot([], [], color=colors[name], label=name)
+        if w == "dpo":
+            ax.axhline(LN2, color="gray", linestyle=":", label="ln 2")
+        ax.set(title=f"{w.upper()}: {'training loss' if key == 'losses' else 'mean reward of the samples'}, every run",
+               xlabel="step", ylabel="loss" if key == "losses" else "reward")
+        ax.legend()
+        ax = axes[row][1]
+        names = list(FRAMEWORKS)
+        speed = [summary[f"{n}_tokens_per_s"] for n in names]
+        peak = [summary[f"{n}_peak_rss_mb"] / 1024 for n in names]
+        x = range(len(names))
+        ax.bar([i - 0.2 for i in x], speed, width=0.4, color=[colors[n] for n in names], label="tokens/s")
+        ax.set_xticks(list(x), names)
+        ax.set_ylabel("tokens/s (left bars)")
+        twin = ax.twinx()
+        twin.bar([i + 0.2 for i in x], peak, width=0.4, color=[colors[n] for n in names], alpha=0.4, hatch="//")
+        twin.set_ylabel("peak RSS GB (hatched)")
+        ax.set_title(f"{w.upper()}: {summary['speed_ratio']:.2f}x throughput, {summary['memory_ratio']:.2f}x memory")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "FRAMEWORK"))
+    parser.add_argument("--spec", default="{}")
+    parser.add_argument("--workload", choices=("dpo", "rloo", "both"), default="both")
+    parser.add_argument("--pairs", type=int, default=3, help="A B pairs per workload (the order alternates)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the spec's)")
+    parser.add_argument("--out", default="runs/vs_trl", help="folder for results.json, the data and the plot")
+    parser.add_argument("--alignkit", nargs="*", default=None, metavar="OVERRIDE",
+                        help="alignkit overrides replacing the spec's (e.g. trainer.activation_checkpointing=0)")
+    parser.add_argument("--report", nargs="+", metavar="RESULTS_JSON",
+                        help="print the tables of earlier runs' results.json files and plot them together")
+    args = parser.parse_args()
+    if args.child:
+        run_child(*args.child, json.loads(args.spec))
+        return
+    out = Path(args.out).resolve()
+    if args.report:
+        merged = {k: v for path in args.report for k, v in json.loads(Path(path).read_text()).items()}  # later wins
+        for entry in merged.values():
+            print(report(entry["summary"], entry["spec"], entry["runs"]) + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        plot(merged, out / "vs_trl.png")
+        print(f"plot: {out / 'vs_trl.png'}")
+        return
+    shape = model_shape()
+    results: dict = {}
+    for workload in (("dpo", "rloo") if args.workload == "both" else (args.workload,)):
+        spec = {**SPECS[workload], "workdir": str(out / workload)}
+        if args.steps:
+            spec["steps"] = args.steps
+        if args.alignkit is not None:
+            spec["alignkit_overrides"] = args.alignkit
+        prepare(workload, spec, out / workload)
+        runs, gemm = [], [measure_gemm()]
+        for pair in range(args.pairs):
+            for framework in (FRAMEWORKS if pair % 2 == 0 else FRAMEWORKS[::-1]):
+                run = measure(workload, framework, spec)
+                runs.append(run)
+                print(f"{workload} pair {pair + 1} {framework:<8} {run['tokens_per_s']:7.1f} tokens/s  "
+                      f"peak {run['peak_rss_mb']:7,.0f} MB  {run['seconds']:6.0f} s  losses "
+                      + " ".join(f"{v:.4f}" for v in run["losses"]), flush=True)
+            gemm.append(measure_gemm())
+        summary = summarize(workload, runs, gemm, shape)
+        summary["gemm_runs"] = gemm
+        results[workload] = {"spec": spec, "runs": runs, "summary": summary}
+        print("\n" + report(summary, spec, runs) + "\n", flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    plot(results, out / "vs_trl.png")
+    print(f"results: {out / 'results.json'}; plot: {out / 'vs_trl.png'}")
+
+
+if __name__ == "__main__":
+    main()
