@@ -20,7 +20,7 @@ parameters) divided by the best fp32 GEMM FLOP/s this machine reaches, measured 
 between the pairs. TRL is a benchmark extra, never a runtime dependency::
 
     pip install -e '.[bench,model]'
-    python benchmarks/vs_trl.py                     # both workloads, 3 pairs each (~40 min on 2 cores)
+    python benchmarks/vs_trl.py                     # both workloads, 3 pairs each (~17 min on 2 idle cores)
     python benchmarks/vs_trl.py --workload dpo --pairs 1 --steps 2     # a quick look
     python benchmarks/vs_trl.py --child dpo alignkit --spec '{...}'    # one measurement, one JSON line
 """

@@ -11,7 +11,8 @@ Two switches in the ``trainer`` config, applied when a run builds its policy:
   :data:`MMAP_THRESHOLD` bytes with its own ``mmap``, so a freed tensor goes back to the OS at once.
   glibc's default raises that threshold as large blocks are freed and then serves big tensors from
   its heap, where freed space stays resident: a training step's peak RSS grows well past the
-  tensors alive at any moment (measured in ``benchmarks/vs_trl.py``).
+  tensors alive at any moment. Measured on a checkpointed SmolLM2 step (16 × 256 tokens): −60% peak
+  RSS, but +30% step time and +8% in generation from page faults (docs/performance.md): opt-in.
 """
 
 from __future__ import annotations
