@@ -278,6 +278,7 @@ def trl_rloo(spec: dict, workdir: str) -> dict:
 
     args = RLOOConfig(output_dir=workdir + "/trl-run", per_device_train_batch_size=spec["prompts"] * spec["k"],
                       num_generations=spec["k"], max_completion_length=spec["max_new_tokens"],
+                      shuffle_dataset=False,  # the prompts in file order, as alignkit reads them
                       temperature=spec["temperature"], top_p=1.0, top_k=0, beta=spec["beta"],
                       max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="constant",
                       warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
