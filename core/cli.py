@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from .errors import AlignkitError, disk_full
+from .errors import AlignkitError, disk_full_as_error
 
 LIST_KINDS = ("methods", "losses", "rollouts", "scorers", "data_formats", "commands")
 
@@ -42,14 +42,9 @@ def _task(cfg) -> None:  # runs inside hydra.main
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     fresh = not cfg.resume
     try:
-        try:
+        with disk_full_as_error(run_dir):
             validate(cfg)
             result = train(cfg, run_dir)
-        except OSError as exc:
-            error = disk_full(exc, run_dir)
-            if error is None:
-                raise
-            raise error from exc
     except AlignkitError as exc:
         if os.environ.get("ALIGNKIT_DEBUG"):
             traceback.print_exc()

@@ -6,7 +6,9 @@ with the error's ``exit_code``. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+from typing import Iterator
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 """``OSError.errno`` values that mean "no room to write": a full disk, a quota, a file-size limit."""
@@ -70,3 +72,15 @@ def disk_full(exc: OSError, run_dir: object) -> TrainingError | None:
         return None
     return TrainingError(f"no room left to write {exc.filename or 'in ' + str(run_dir)} ({exc.strerror}); "
                          f"intact checkpoints (if any) are in {run_dir}/checkpoints")
+
+
+@contextlib.contextmanager
+def disk_full_as_error(run_dir: object) -> Iterator[None]:
+    """Inside, an ``OSError`` meaning "no room to write" becomes :func:`disk_full`'s one-line error."""
+    try:
+        yield
+    except OSError as exc:
+        error = disk_full(exc, run_dir)
+        if error is None:
+            raise
+        raise error from exc

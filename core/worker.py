@@ -11,7 +11,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import AlignkitError, disk_full
+from .errors import AlignkitError, disk_full_as_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,13 +33,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{config}: missing; start workers with 'alignkit launch', which writes it")
         setup()
         cfg = OmegaConf.load(config)
-        try:
+        with disk_full_as_error(run_dir):
             result = Trainer(cfg, run_dir).fit()
-        except OSError as exc:
-            error = disk_full(exc, run_dir)
-            if error is None:
-                raise
-            raise error from exc
     except AlignkitError as exc:
         if os.environ.get("ALIGNKIT_DEBUG"):
             traceback.print_exc()
