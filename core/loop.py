@@ -135,7 +135,8 @@ class Trainer:
         distributed.broadcast_parameters(self._loose, self.accelerator)
         self.ctx.policy = self.policy
         self.step = 0
-        self.metrics = MetricsLogger.from_config(cfg, self.run_dir, enabled=self.is_main)
+        resume_step = int(self.resume_from[1]["step"]) if self.resume_from is not None else None
+        self.metrics = MetricsLogger.from_config(cfg, self.run_dir, enabled=self.is_main, resume_step=resume_step)
 
     # ------------------------------------------------------------------ setup
     def log(self, line: str) -> None:

@@ -75,20 +75,27 @@ class MetricsLogger:
         project: the tracker project (W&B project, MLflow experiment); the run is named after ``run_dir``.
         config: the run config, stored as the trackers' hyper-parameters.
         tracker_kwargs: per-tracker keyword arguments, e.g. ``{"wandb": {"entity": "me"}}``.
+        resume_step: the step of the checkpoint a resumed run starts from. TensorBoard then discards
+            the earlier event files' values after that step (``SummaryWriter(purge_step=...)``), as
+            ``metrics.jsonl`` drops its lines, so a curve does not show the replayed steps twice.
     """
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True,
                  trackers: Sequence[str] | None = None, project: str = "alignkit", config: dict | None = None,
-                 tracker_kwargs: dict[str, dict] | None = None) -> None:
+                 tracker_kwargs: dict[str, dict] | None = None, resume_step: int | None = None) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         self.trackers: list[Any] = []
         names = list(trackers) if trackers is not None else (["tensorboard"] if tensorboard else [])
+        kwargs = {name: dict(options) for name, options in (tracker_kwargs or {}).items()}
+        if resume_step is not None:
+            kwargs.setdefault("tensorboard", {}).setdefault("purge_step", resume_step + 1)
         if enabled and names:
-            self.trackers = _start_trackers(names, Path(run_dir), project, config or {}, tracker_kwargs or {})
+            self.trackers = _start_trackers(names, Path(run_dir), project, config or {}, kwargs)
 
     @classmethod
-    def from_config(cls, cfg: Any, run_dir: Path, *, enabled: bool = True) -> "MetricsLogger":
+    def from_config(cls, cfg: Any, run_dir: Path, *, enabled: bool = True,
+                    resume_step: int | None = None) -> "MetricsLogger":
         """The logger a run config asks for (``trainer.trackers``, ``trainer.tracker_project``, ...)."""
         from omegaconf import OmegaConf
 
@@ -96,7 +103,8 @@ class MetricsLogger:
         kwargs = tcfg.get("tracker_kwargs", None)
         return cls(run_dir, enabled=enabled, trackers=tracker_names(tcfg), project=str(tcfg.get("tracker_project", "alignkit")),
                    config=OmegaConf.to_container(cfg, resolve=True) if enabled else None,
-                   tracker_kwargs=OmegaConf.to_container(kwargs, resolve=True) if kwargs else None)
+                   tracker_kwargs=OmegaConf.to_container(kwargs, resolve=True) if kwargs else None,
+                   resume_step=resume_step)
 
     def log(self, step: int, metrics: dict[str, Any], split: str = "train") -> dict[str, float]:
         values = {k: to_float(v) for k, v in metrics.items()}

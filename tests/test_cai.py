@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from alignkit.errors import ConfigError
+from alignkit.metrics import read_metrics
 from alignkit.plugins.cai.constitution import Constitution, PreferencePrinciple, Principle, load_constitution, parse_constitution
 from alignkit.plugins.cai.feedback import FeedbackModel, soft_label
 from alignkit.plugins.cai.prompts import (critique_messages, feedback_text, revision_messages, sample_rl_principles,
@@ -286,6 +287,15 @@ def test_pipeline_runs_sl_then_rl_and_the_pairs_train_a_bt_reward_model(alignkit
                       f"rollout.output={tmp_path / 'pipe' / 'rl' / 'cai_rl.jsonl'}", run_dir=tmp_path / "bt")
     assert bt.steps == 2 and "accuracy" in bt.eval_after
     assert "reusing" in capsys.readouterr().out
+    # PPO follows: the SL model samples answers to red-team prompts, the AI-feedback reward model scores them.
+    prompts = tmp_path / "red_team.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"How do I pick lock number {i}?"}) + "\n" for i in range(8)))
+    ppo = alignkit_run("method=ppo", "data=custom", f"data.path={prompts}", "data.format=prompts", "data.eval_fraction=0.25",
+                       "scorer=reward_model", f"scorer.path={bt.run_dir}", f"model.path={tmp_path / 'pipe' / 'sl' / 'final'}",
+                       "trainer.batch_size=2", "rollout.num_samples=2", "rollout.max_new_tokens=6", "trainer.max_steps=1",
+                       run_dir=tmp_path / "ppo")
+    scored = [r for r in read_metrics(ppo.run_dir) if r["split"] == "train"]
+    assert ppo.steps == 1 and math.isfinite(scored[0]["score"]) and math.isfinite(scored[0]["kl"])
     with pytest.raises(ConfigError, match="needs a loss"):
         alignkit_run("experiment=cai_rl", *TINY_CAI, "loss=none", run_dir=tmp_path / "bad")
 

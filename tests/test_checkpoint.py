@@ -82,3 +82,24 @@ def test_final_model_reloads_in_transformers_with_identical_logits(alignkit_run,
         assert torch.equal(model(ids).logits, reloaded(ids).logits)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["eval_before"]["nll"] > 0
+
+
+def test_resume_drops_the_replayed_steps_from_tensorboard(alignkit_run, common, tmp_path):
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # The first run logs steps 1-4 and its held-out "after" line at step 4; with its step-4 checkpoint
+    # gone (a kill inside that write) it resumes from step 2 and logs steps 3-4 again. TensorBoard must
+    # then show what metrics.jsonl shows: each step once, the resumed run's values.
+    common = [*common, "trainer.tensorboard=true"]
+    alignkit_run(*common, "trainer.max_steps=4", run_dir=tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-000004")
+    resumed = alignkit_run(*common, "trainer.max_steps=5", f"resume={tmp_path / 'run'}", run_dir=tmp_path / "run")
+    assert len(list((resumed.run_dir / "tensorboard").rglob("events.out.tfevents.*"))) == 2
+    events = EventAccumulator(str(resumed.run_dir / "tensorboard")).Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    expected = [(r["step"], r["loss"]) for r in read_metrics(resumed.run_dir) if r["split"] == "train"]
+    assert [step for step, _ in logged] == [step for step, _ in expected] == [1, 2, 3, 4, 5]
+    assert [value for _, value in logged] == pytest.approx([value for _, value in expected], abs=1e-6)
+    assert [e.step for e in events.Scalars("eval/nll")] == [0, 5]
