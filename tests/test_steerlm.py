@@ -12,6 +12,7 @@ import torch
 from alignkit.errors import ConfigError, DataError
 from alignkit.plugins.steerlm.attributes import (AttributeSchema, condition_prompt, format_attribute_string,
                                                  parse_attribute_string)
+from alignkit.plugins.steerlm.commands import repeated_ngrams
 from alignkit.plugins.steerlm.data_format import parse_steerlm
 from alignkit.plugins.steerlm.labels import level_of, quantile_levels, quantile_thresholds, word_count
 
@@ -188,6 +189,19 @@ def test_pipeline_on_the_tiny_model(alignkit_run, tmp_path, capsys):
     for summary in [*result["conditions"].values(), result["paired_difference"], result["baseline_paired_difference"]]:
         assert summary["n"] == 4 and summary["words_ci_low"] <= summary["words"] <= summary["words_ci_high"]
     assert all(0 <= c["tokens"] <= 4 for c in result["conditions"].values())
+    for name, c in result["conditions"].items():  # every answer is kept; the checks are computed from them
+        answers = result["samples"][name]
+        assert len(answers) == 4 and 0.0 <= c["at_token_limit"] <= 1.0
+        assert c["repeated_4grams"] == pytest.approx(sum(map(repeated_ngrams, answers)) / 4, abs=1e-6)
+    printed = capsys.readouterr().out
+    assert "| verbosity=4 minus verbosity=0 (paired) |" in printed and f"results and every answer: {out}" in printed
+
+
+def test_repeated_ngrams_hand_computed():
+    assert repeated_ngrams("a b c") == 0.0  # fewer than 4 words: no 4-gram
+    assert repeated_ngrams("one two three four five") == 0.0
+    # 10 words, 7 4-grams: "a b c d", "b c d a", "c d a b" twice each, "d a b c" once: 4 distinct -> 1 - 4/7
+    assert repeated_ngrams("a b c d a b c d a b") == pytest.approx(3 / 7)
 
 
 def test_conditioning_errors_name_the_row(alignkit_run, tmp_path):

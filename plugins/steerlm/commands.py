@@ -203,6 +203,17 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict]], *, m
     return out
 
 
+def repeated_ngrams(text: str, n: int = 4) -> float:
+    """Share of an answer's word n-grams that repeat an earlier one: ``1 - distinct / total``.
+
+    0 for an answer without repetition (or shorter than ``n`` words), close to 1 for a loop. Length
+    alone cannot tell a longer answer from a small model repeating itself until the token limit.
+    """
+    words = text.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
 def _summary(words: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
     from alignkit.stats import mean_interval
 
@@ -210,6 +221,15 @@ def _summary(words: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
     t, t_low, t_high = mean_interval(tokens)
     return {"words": w, "words_ci_low": w_low, "words_ci_high": w_high,
             "tokens": t, "tokens_ci_low": t_low, "tokens_ci_high": t_high, "n": float(words.numel())}
+
+
+def _quality(answers: list[tuple[str, int]], max_new_tokens: int) -> dict[str, float]:
+    """Degeneration checks beside the length: repeated 4-grams (mean, 95% interval), answers cut by the limit."""
+    from alignkit.stats import mean_interval
+
+    repeated, low, high = mean_interval(torch.tensor([repeated_ngrams(a) for a, _ in answers]))  # (N,)
+    return {"repeated_4grams": repeated, "repeated_4grams_ci_low": low, "repeated_4grams_ci_high": high,
+            "at_token_limit": sum(n >= max_new_tokens for _, n in answers) / max(len(answers), 1)}
 
 
 def measure(args: argparse.Namespace) -> int:
@@ -239,7 +259,7 @@ def measure(args: argparse.Namespace) -> int:
     low, high = f"{args.attribute}={values[0]}", f"{args.attribute}={values[-1]}"
     b_low, b_high = f"baseline:{args.baseline}:{low}", f"baseline:{args.baseline}:{high}"
 
-    def save() -> str:
+    def save() -> None:
         # Rewritten after every condition, so a long measurement that is stopped keeps what it has.
         for key, (a, b) in {"paired_difference": (low, high), "baseline_paired_difference": (b_low, b_high)}.items():
             if a in lengths and b in lengths:
@@ -253,14 +273,13 @@ def measure(args: argparse.Namespace) -> int:
             tmp = out.with_name(f".{out.name}.tmp")
             tmp.write_text(text)
             os.replace(tmp, out)
-        return text
 
     def record(label: str, answers: list[tuple[str, int]]) -> None:
         words = torch.tensor([float(len(a.split())) for a, _ in answers])  # (N,)
         tokens = torch.tensor([float(n) for _, n in answers])  # (N,)
         lengths[label] = (words, tokens)
-        results["conditions"][label] = _summary(words, tokens)
-        samples[label] = [a for a, _ in answers[:3]]
+        results["conditions"][label] = {**_summary(words, tokens), **_quality(answers, args.max_new_tokens)}
+        samples[label] = [a for a, _ in answers]
         save()
 
     conditioned: dict[int, list[list[dict]]] = {}
@@ -282,9 +301,30 @@ def measure(args: argparse.Namespace) -> int:
             for value in (values[0], values[-1]):
                 record(f"baseline:{args.baseline}:{args.attribute}={value}",
                        generate_answers(base, base_tok, conditioned[value], desc=f"baseline {value}", **options))
-    text = save()
-    print(text)
+    save()
+    print(measure_table(results))
+    if args.out:
+        print(f"results and every answer: {args.out}")
     return 0
+
+
+def measure_table(results: dict[str, Any]) -> str:
+    """The measurement as a Markdown table: one row per condition, then the paired differences."""
+    lines = [f"n = {results['prompts']} prompts, {results['decoding']}, max_new_tokens {results['max_new_tokens']}", "",
+             "| condition | mean words [95% CI] | mean tokens [95% CI] | repeated 4-grams [95% CI] | at token limit |",
+             "|---|---|---|---|---|"]
+
+    def interval(row: dict[str, float], key: str, digits: int = 1) -> str:
+        return f"{row[key]:.{digits}f} [{row[key + '_ci_low']:.{digits}f}, {row[key + '_ci_high']:.{digits}f}]"
+
+    for name, row in results["conditions"].items():
+        lines.append(f"| {name} | {interval(row, 'words')} | {interval(row, 'tokens')} | "
+                     f"{interval(row, 'repeated_4grams', 2)} | {row['at_token_limit']:.0%} |")
+    for key in ("paired_difference", "baseline_paired_difference"):
+        if key in results:
+            row = results[key]
+            lines.append(f"| {row['of']} (paired) | {interval(row, 'words')} | {interval(row, 'tokens')} | | |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- entry
