@@ -20,7 +20,7 @@ import shutil
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import AlignkitError, disk_full_as_error
 
@@ -36,10 +36,14 @@ def _error(message: str, code: int = 2) -> int:
 def _task(cfg) -> None:  # runs inside hydra.main
     from hydra.core.hydra_config import HydraConfig
 
+    _train_run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def _train_run(cfg, run_dir: Path) -> Any:
+    """Train one run; an AlignkitError is one line and exit 2, and a fresh run that failed leaves no folder."""
     from .compose import validate
     from .loop import train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     fresh = not cfg.resume
     try:
         with disk_full_as_error(run_dir):
@@ -53,6 +57,22 @@ def _task(cfg) -> None:  # runs inside hydra.main
             shutil.rmtree(run_dir, ignore_errors=True)
         sys.exit(_error(str(exc), exc.exit_code))
     _print_result(result)
+    return result
+
+
+def _train_stages(argv: list[str], cfg) -> int:
+    """``alignkit train`` of an experiment with ``stages``: each stage trained into <run folder>/<stage>."""
+    from .compose import compose
+    from .stages import parse_stages, run_stages
+
+    run_dir = Path(str(compose(argv, return_hydra_config=True).hydra.run.dir))
+    try:
+        results = run_stages(argv, parse_stages(cfg.stages), run_dir, resume=bool(cfg.resume), run=_train_run)
+    finally:
+        if run_dir.is_dir() and not any(run_dir.iterdir()):  # the first stage failed fresh: leave nothing
+            run_dir.rmdir()
+    print(f"\nalignkit: {len(results)} stage(s) trained; pipeline folder: {run_dir}")
+    return 0
 
 
 def _print_result(result) -> None:
@@ -77,12 +97,15 @@ def cmd_train(argv: list[str]) -> int:
 
     setup()
     passthrough = any(arg.startswith("-") for arg in argv)
-    if not passthrough:
-        # Compose once up front so that config errors are one line and exit 2, not Hydra's report.
-        validate(compose(argv))
     resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
     if resume and not any(a.startswith("hydra.run.dir=") for a in argv):
         argv = [*argv, f"hydra.run.dir={resume}"]
+    if not passthrough:
+        # Compose once up front so that config errors are one line and exit 2, not Hydra's report.
+        cfg = compose(argv)
+        if cfg.get("stages"):
+            return _train_stages(argv, cfg)
+        validate(cfg)
     main = hydra.main(version_base=None, config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)(_task)
     saved = sys.argv
     sys.argv = ["alignkit train", *argv]

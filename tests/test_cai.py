@@ -263,8 +263,22 @@ TINY_CAI = ["rollout.num_prompts=6", "rollout.max_new_tokens=6", "rollout.batch_
             "trainer.batch_size=2", "trainer.eval_batch_size=2", "trainer.progress=false", "rollout.eval_fraction=0.2"]
 
 
-def test_experiment_cai_trains_end_to_end_on_tiny(alignkit_run, tmp_path):
-    result = alignkit_run("experiment=cai", *TINY_CAI, "rollout.rounds=2", run_dir=tmp_path / "sl")
+def test_experiment_cai_is_the_two_stage_pipeline(tmp_path):
+    from alignkit.compose import compose
+    from alignkit.plugins.cai.command import main
+    from alignkit.stages import Stage, parse_stages, stage_overrides
+
+    stages = parse_stages(compose(["experiment=cai"]).stages)
+    assert stages == [Stage("sl", ("experiment=cai_sl",)), Stage("rl", ("experiment=cai_rl",), "sl")]
+    sl, rl = (compose(stage_overrides(s, ["experiment=cai", "model=tiny"], tmp_path)) for s in stages)
+    assert (sl.method.stage, rl.method.stage) == ("sl", "rl") and sl.rollout.num_prompts == 16
+    assert rl.model.path == str(tmp_path / "sl" / "final")
+    with pytest.raises(ConfigError, match="pass experiment=cai_sl instead"):  # one stage's command, a pipeline
+        main(["generate", "--stage", "sl", "--out", str(tmp_path / "x.jsonl"), "experiment=cai"])
+
+
+def test_experiment_cai_sl_trains_end_to_end_on_tiny(alignkit_run, tmp_path):
+    result = alignkit_run("experiment=cai_sl", *TINY_CAI, "rollout.rounds=2", run_dir=tmp_path / "sl")
     rows = read_jsonl(result.run_dir / "cai_sl.jsonl")
     assert len(rows) == 6 and all(len(r["rounds"]) >= 1 and "critique" in r["rounds"][0] for r in rows)
     assert result.steps == 2 and (result.final_model / "config.json").exists()

@@ -7,7 +7,8 @@
 
 Overrides are those of ``alignkit train`` (``model=smollm2 data=hh_harmless rollout.rounds=2 ...``):
 the run config is composed with ``method=cai method.stage=<stage>`` first, so ``rollout.*`` are the
-``rollout=cai`` options and ``experiment=cai`` works here too.
+``rollout=cai`` options and ``experiment=cai_sl`` / ``experiment=cai_rl`` work here too.
+``alignkit train experiment=cai`` runs the same two stages as ``cai pipeline`` (``alignkit.stages``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def _compose(stage: str, overrides: list[str]) -> Any:
     from alignkit.compose import compose, validate
 
     cfg = compose(["method=cai", f"method.stage={stage}", *overrides])
+    if cfg.get("stages"):
+        raise ConfigError(f"this command runs one stage; the experiment given is a multi-stage pipeline "
+                          f"(pass experiment=cai_{stage} instead of experiment=cai)")
     validate(cfg)
     return cfg
 
@@ -135,25 +139,25 @@ def cmd_compare(argv: list[str]) -> int:
 
 def cmd_pipeline(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="alignkit cai pipeline",
-                                     description="The whole CAI pipeline: experiment=cai (SL), then experiment=cai_rl "
+                                     description="The whole CAI pipeline: experiment=cai_sl (SL), then experiment=cai_rl "
                                                  "on the SL model (RL); overrides apply to both stages.")
     parser.add_argument("--run-dir", required=True, help="folder for the two runs: <run-dir>/sl and <run-dir>/rl")
-    parser.add_argument("--sl-experiment", default="cai")
+    parser.add_argument("--sl-experiment", default="cai_sl")
     parser.add_argument("--rl-experiment", default="cai_rl")
     parser.add_argument("overrides", nargs="*", help="hydra overrides for both stages")
     args = parser.parse_args(argv)
-    from alignkit.compose import compose, validate
     from alignkit.loop import format_metrics, train
+    from alignkit.stages import Stage, run_stages
 
-    root = Path(args.run_dir)
-    results = {}
-    for stage, experiment in (("sl", args.sl_experiment), ("rl", args.rl_experiment)):
-        extra = [f"model.path={results['sl'].final_model}"] if stage == "rl" else []
-        cfg = compose([f"experiment={experiment}", *args.overrides, *extra])
-        validate(cfg)
-        results[stage] = train(cfg, root / stage)
-        print(f"cai pipeline: {stage} finished {results[stage].steps} steps in {root / stage}; held-out after: "
-              f"{format_metrics(results[stage].eval_after)}", flush=True)
+    def run(cfg: Any, folder: Path) -> Any:
+        result = train(cfg, folder)
+        print(f"cai pipeline: {folder.name} finished {result.steps} steps in {folder}; held-out after: "
+              f"{format_metrics(result.eval_after)}", flush=True)
+        return result
+
+    stages = [Stage("sl", (f"experiment={args.sl_experiment}",)),
+              Stage("rl", (f"experiment={args.rl_experiment}",), model_from="sl")]
+    run_stages(args.overrides, stages, Path(args.run_dir), resume=False, run=run)
     return 0
 
 
