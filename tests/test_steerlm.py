@@ -12,6 +12,7 @@ import torch
 from alignkit.errors import ConfigError, DataError
 from alignkit.plugins.steerlm.attributes import (AttributeSchema, condition_prompt, format_attribute_string,
                                                  parse_attribute_string)
+from alignkit.plugins.formats.parsers import parse_scored
 from alignkit.plugins.steerlm.commands import repeated_ngrams
 from alignkit.plugins.steerlm.data_format import parse_steerlm
 from alignkit.plugins.steerlm.labels import level_of, quantile_levels, quantile_thresholds, word_count
@@ -220,6 +221,9 @@ def test_label_by_function_and_errors(tmp_path, capsys):
     assert _steerlm(["label", "--data", path, "--attribute", "complexity", "--out", out,
                      "--function", "alignkit.plugins.steerlm.labels:char_count"]) == 0
     assert [json.loads(r)["attributes"]["complexity"] for r in out.read_text().splitlines()] == [1, 2, 3, 4, 4, 4]
+    # the level is also the regression target: the same file is data.format=scored for the predictor
+    assert [parse_scored(json.loads(r))["scores"] for r in out.read_text().splitlines()][:2] == \
+        [{"complexity": 1.0}, {"complexity": 2.0}]
     with pytest.raises(ConfigError, match="exactly one"):
         _steerlm(["label", "--data", path, "--attribute", "x", "--out", out])
     with pytest.raises(ConfigError, match="--function=json:nope: module 'json' has no attribute 'nope'"):

@@ -162,7 +162,10 @@ def label(args: argparse.Namespace) -> int:
             levels = [schema.quantize(v) for v in values]
     except ValueError as exc:
         raise ConfigError(f"steerlm label: {exc}") from None
-    rows = (output_row(r, {**(r.get("attributes") or {}), args.attribute: level}) for r, level in zip(records, levels))
+    # The level is also written as a regression target ("scores"), so the same file trains the
+    # attribute predictor (method=reward_model loss=mse data.format=scored) and the SteerLM SFT.
+    rows = (output_row(r, {**(r.get("attributes") or {}), args.attribute: level},
+                       {**(r.get("scores") or {}), args.attribute: float(level)}) for r, level in zip(records, levels))
     count = write_jsonl_atomic(args.out, rows)
     histogram = {str(v): levels.count(v) for v in range(schema.min_value, schema.max_value + 1)}
     print(json.dumps({"labelled": count, "attribute": args.attribute, "binning": binning,
