@@ -181,6 +181,15 @@ def test_eval_winrate_with_a_reward_model_judge_and_reused_outputs(tiny_run, cap
     assert code == 0
     rerun = json.loads((tmp_path / "second" / "results.json").read_text())
     assert rerun["win_rate"] == result["win_rate"] and rerun["lc_win_rate"] == result["lc_win_rate"]
+    # Answer rows whose prompt is a message list (as CAI's files hold them) are matched the same way.
+    as_messages = tmp_path / "messages.jsonl"
+    write_jsonl(as_messages, [{**row, "prompt": [{"role": "user", "content": row["prompt"]}]}
+                              for row in map(json.loads, policy.read_text().splitlines())])
+    code, _, err = run_cli(capsys, "eval", "winrate", "--policy", as_messages, "--baseline", first / "outputs" / "tiny.jsonl",
+                           "--prompts", tiny_run.prompts, "--judge", f"reward_model:{tiny_run.run}", "--rounds", "50",
+                           "--out", tmp_path / "third")
+    assert code == 0, err
+    assert json.loads((tmp_path / "third" / "results.json").read_text())["win_rate"] == result["win_rate"]
 
 
 def test_eval_winrate_with_an_llm_judge_reads_both_orders(tiny_run, capsys, tmp_path):

@@ -61,6 +61,13 @@ def is_outputs_file(name: str) -> bool:
     return path.is_file() and path.name.endswith((".jsonl", ".jsonl.gz", ".json"))
 
 
+def _prompt_text(value: Any) -> str:
+    # An answers row's prompt: the user's text, or a message list (the data formats' other spelling).
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+        return last_user_text(value)
+    return str(value)
+
+
 def read_outputs(path: str, prompts: list[list[dict]]) -> list[str]:
     """Answers from a JSONL of ``{"prompt", "completion"}`` rows, checked against ``prompts`` in order."""
     from alignkit.datafiles import read_rows
@@ -73,7 +80,7 @@ def read_outputs(path: str, prompts: list[list[dict]]) -> list[str]:
         answer = row.get("completion", row.get("output"))
         if not isinstance(answer, str):
             raise DataError(f"{where}: no 'completion' (or 'output') string")
-        if "prompt" in row and str(row["prompt"]).strip() != last_user_text(prompt).strip():
+        if "prompt" in row and _prompt_text(row["prompt"]).strip() != last_user_text(prompt).strip():
             raise DataError(f"{where}: its prompt differs from prompt {len(answers) + 1} of the prompt file "
                             "(answers must follow the prompt file's order)")
         answers.append(answer)
