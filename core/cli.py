@@ -36,6 +36,8 @@ def _error(message: str, code: int = 2) -> int:
 def _task(cfg) -> None:  # runs inside hydra.main
     from hydra.core.hydra_config import HydraConfig
 
+    if cfg.get("stages"):  # reached only through Hydra's own flags (-m, ...): one run per stage is ours to do
+        sys.exit(_error("a multi-stage experiment (stages) runs without Hydra's flags: drop -m / --multirun"))
     _train_run(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 

@@ -98,3 +98,10 @@ def test_a_first_stage_that_fails_leaves_no_pipeline_folder(run_train, tmp_path)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "missing.jsonl" in lines[0], err
     assert not (tmp_path / "pipe").exists()
+
+
+def test_hydra_multirun_of_a_pipeline_is_refused_in_one_line(cli):
+    result = cli("train", "experiment=cai", "model=tiny", "-m")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and lines == [
+        "alignkit: error: a multi-stage experiment (stages) runs without Hydra's flags: drop -m / --multirun"], result
