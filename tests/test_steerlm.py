@@ -183,8 +183,9 @@ def test_pipeline_on_the_tiny_model(alignkit_run, tmp_path, capsys):
     out = tmp_path / "measure.json"
     assert _steerlm(["measure", "--model", tmp_path / "steer", "--data", plain, "--limit", 4, "--values", "0,4",
                      "--max-new-tokens", 4, "--batch-size", 3, "--baseline", "tiny", "--baseline-conditioned",
-                     "--out", out]) == 0
+                     "--repetition-penalty", 1.3, "--out", out]) == 0
     result = json.loads(out.read_text())
+    assert result["decoding"] == "greedy, repetition penalty 1.3"
     assert set(result["conditions"]) == {"verbosity=0", "verbosity=4", "baseline:tiny", "baseline:tiny:verbosity=0",
                                          "baseline:tiny:verbosity=4"} and result["prompts"] == 4
     for summary in [*result["conditions"].values(), result["paired_difference"], result["baseline_paired_difference"]]:

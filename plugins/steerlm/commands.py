@@ -186,8 +186,13 @@ def _run_config(model: str) -> Any:
 
 @torch.no_grad()
 def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict]], *, max_new_tokens: int,
-                     batch_size: int, max_prompt_tokens: int, desc: str) -> list[tuple[str, int]]:
-    """Greedy answers (text, generated tokens before the end of turn) for chat prompts, batched."""
+                     batch_size: int, max_prompt_tokens: int, desc: str,
+                     repetition_penalty: float = 1.0) -> list[tuple[str, int]]:
+    """Greedy answers (text, generated tokens before the end of turn) for chat prompts, batched.
+
+    ``repetition_penalty`` > 1 is the CTRL penalty (Keskar et al. 2019) transformers applies: the logit
+    of every token already in the sequence is divided by it (multiplied when negative).
+    """
     encoded = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)[-max_prompt_tokens:]
                for p in prompts]
     eos = tokenizer.eos_token_id
@@ -199,7 +204,8 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict]], *, m
         ids = torch.tensor([[pad_id] * (width - len(c)) + list(c) for c in chunk])  # (b, P) left-padded
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk])  # (b, P)
         generated = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                                   do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id)[:, width:]  # (b, N)
+                                   do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                                   repetition_penalty=repetition_penalty)[:, width:]  # (b, N)
         for row in generated.tolist():
             n = row.index(eos) if eos in row else len(row)
             out.append((tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
@@ -252,9 +258,13 @@ def measure(args: argparse.Namespace) -> int:
         raise ConfigError("--values: give at least two values to compare, e.g. 0,4")
     records = read_records(args.data, args.format, args.limit)
     prompts = [r["prompt"] for r in records]
-    options = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens)
+    if not args.repetition_penalty > 0:
+        raise ConfigError(f"--repetition-penalty {args.repetition_penalty}: must be > 0 (1 = none)")
+    options = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
+                   repetition_penalty=args.repetition_penalty)
+    decoding = "greedy" if args.repetition_penalty == 1.0 else f"greedy, repetition penalty {args.repetition_penalty:g}"
     results: dict[str, Any] = {"model": str(args.model), "data": str(args.data), "attribute": args.attribute,
-                               "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
+                               "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "decoding": decoding,
                                "conditions": {}}
     samples: dict[str, list[str]] = {}
     lengths: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -364,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-conditioned", action="store_true",
                    help="also give the baseline the attribute line at the first and last value (a control)")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="divide the logits of tokens already in the sequence (prompt included) by this (1 = plain greedy; e.g. 1.3)")
     p.add_argument("--max-prompt-tokens", type=int, default=384, help="keep the last N prompt tokens")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", help="also write the results as JSON here")
