@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,8 +78,6 @@ def test_two_stages_train_in_order_and_the_second_starts_from_the_first(run_trai
     assert f"model.path={first / 'final'}" in out
 
     # resume= skips the finished stage and trains the one that did not finish.
-    import shutil
-
     shutil.rmtree(second)
     code, out, err = run_train(*two_sft_stages(sft_file), f"resume={tmp_path / 'pipe'}")
     assert code == 0, err
