@@ -94,20 +94,19 @@ def run_stages(argv: list[str], stages: list[Stage], run_dir: Path, *, resume: b
     fails at once rather than after hours. With ``resume``, a stage whose ``final/`` exists is skipped
     and one with checkpoints continues from them.
     """
-    configs = []
-    for stage in stages:
-        cfg = compose(stage_overrides(stage, argv, run_dir))
+    overrides = [stage_overrides(stage, argv, run_dir) for stage in stages]
+    configs = [compose(o) for o in overrides]
+    for stage, cfg in zip(stages, configs):
         if cfg.get("stages"):
             raise ConfigError(f"stages: stage '{stage.name}' composes to another multi-stage experiment")
-        configs.append(cfg)
     results = []
-    for number, (stage, cfg) in enumerate(zip(stages, configs), 1):
+    for number, (stage, cfg, used) in enumerate(zip(stages, configs, overrides), 1):
         folder = run_dir / stage.name
         if resume and (folder / "final").is_dir():
             log(f"stage {number}/{len(stages)} {stage.name}: finished earlier ({folder / 'final'}), skipped")
             continue
         if resume and any((folder / "checkpoints").glob("step-*")):
             cfg.resume = str(folder)
-        log(f"stage {number}/{len(stages)} {stage.name}: {' '.join(stage_overrides(stage, argv, run_dir)) or '(defaults)'}")
+        log(f"stage {number}/{len(stages)} {stage.name}: {' '.join(used) or '(defaults)'}")
         results.append(run(cfg, folder))
     return results

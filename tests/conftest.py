@@ -51,6 +51,23 @@ class CLIResult:
 
 
 @pytest.fixture
+def cli_main(capfd):
+    """Run ``alignkit <args>`` in this process: ``(exit code, stdout, stderr)``, SystemExit included."""
+    from alignkit.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capfd.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capfd.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
 def cli(tmp_path: Path):
     """Run ``alignkit ...`` in a subprocess (the real entry point), in ``tmp_path``."""
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from alignkit.cli import main
 from alignkit.models import BUNDLED_TOKENIZER
 
 # A warning would be a second stderr line in a real run: none may be raised on these paths.
@@ -110,22 +109,12 @@ EXTRA = {"unknown loss": ["loss=nope"], "wrong value type in a method": ["method
 
 
 @pytest.fixture
-def run_cli(tmp_path, monkeypatch, capfd):
+def run_cli(tmp_path, monkeypatch, cli_main):
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "badscorers.py").write_text(SCORERS)
     sys.modules.pop("badscorers", None)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capfd.readouterr()
-        try:
-            code = main(["train", *TINY, *args])
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capfd.readouterr()
-        return code, out, err
-
-    return run
+    return lambda *args: cli_main("train", *TINY, *args)
 
 
 def one_error_line(code: int, err: str) -> str:

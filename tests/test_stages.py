@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from alignkit.cli import main
 from alignkit.errors import ConfigError
 from alignkit.metrics import read_metrics
 from alignkit.stages import Stage, parse_stages, stage_overrides
@@ -42,19 +41,9 @@ def test_stage_overrides_put_the_command_line_after_the_stage_and_chain_the_mode
 
 
 @pytest.fixture
-def run_train(tmp_path, monkeypatch, capfd):
+def run_train(tmp_path, monkeypatch, cli_main):
     monkeypatch.chdir(tmp_path)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capfd.readouterr()
-        try:
-            code = main(["train", *TINY_DEFAULTS, *args])
-        except SystemExit as exc:
-            code = exc.code
-        out, err = capfd.readouterr()
-        return code, out, err
-
-    return run
+    return lambda *args: cli_main("train", *TINY_DEFAULTS, *args)
 
 
 def two_sft_stages(sft_file: Path, second: str = "method=sft") -> list[str]:

@@ -20,6 +20,7 @@ from alignkit.data import load_records
 from alignkit.errors import DataError
 from alignkit.plugin_manager import get_registry
 from alignkit.plugins.generate.layout import completion_end, last_user_text
+from alignkit.records import as_messages
 from alignkit.tokenize import Encoder
 
 from .results import atomic_write_text
@@ -63,9 +64,10 @@ def is_outputs_file(name: str) -> bool:
 
 def _prompt_text(value: Any) -> str:
     # An answers row's prompt: the user's text, or a message list (the data formats' other spelling).
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
-        return last_user_text(value)
-    return str(value)
+    try:
+        return last_user_text(as_messages(value, "user", "prompt"))
+    except ValueError:
+        return str(value)
 
 
 def read_outputs(path: str, prompts: list[list[dict]]) -> list[str]:
