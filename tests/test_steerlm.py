@@ -186,6 +186,8 @@ def test_pipeline_on_the_tiny_model(alignkit_run, tmp_path, capsys):
                      "--repetition-penalty", 1.3, "--out", out]) == 0
     result = json.loads(out.read_text())
     assert result["decoding"] == "greedy, repetition penalty 1.3"
+    with pytest.raises(ConfigError, match="--repetition-penalty 0.0: must be > 0"):
+        _steerlm(["measure", "--model", tmp_path / "steer", "--data", plain, "--limit", 4, "--repetition-penalty", 0])
     assert set(result["conditions"]) == {"verbosity=0", "verbosity=4", "baseline:tiny", "baseline:tiny:verbosity=0",
                                          "baseline:tiny:verbosity=4"} and result["prompts"] == 4
     for summary in [*result["conditions"].values(), result["paired_difference"], result["baseline_paired_difference"]]:
