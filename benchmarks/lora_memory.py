@@ -52,7 +52,7 @@ def measure(name: str, steps: int, batch: int, max_length: int, model: str = "sm
     validate(cfg)
     trainer = Trainer(cfg, run_dir)
     loaded_mb = _status_kb("VmRSS") / 1024
-    trainable = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
+    trainable = sum(p.numel() for g in trainer.run.optimizer.param_groups for p in g["params"])
     started = time.perf_counter()
     try:
         trainer.fit()

@@ -35,7 +35,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -255,7 +254,6 @@ def trl_dpo(spec: dict, workdir: str) -> dict:
 
 def trl_rloo(spec: dict, workdir: str) -> dict:
     from datasets import Dataset
-    from torch.utils.data import SequentialSampler
     from trl import RLOOConfig, RLOOTrainer
 
     from alignkit.plugins.scorers.rewards import brevity

@@ -1,60 +1,59 @@
-"""``alignkit chat``: talk to a model with its chat template, greedy or sampled."""
+"""``alignkit chat``: talk to a model, greedy or sampled.
+
+Prompts are encoded the way the model was trained (the encoding settings saved with it: chat
+template or plain text, system prompt, prompt length; :mod:`alignkit.encoding`), decoded with exactly
+the given options (nothing from the model's ``generation_config.json``) and cut at the first
+end-of-turn id (:mod:`alignkit.generation`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from .encoding import EncodingSettings, report, saved_encoding
 from .errors import ConfigError
+from .generation import SamplingSettings, end_token_ids, private_rng
+from .generation import sample as sample_completions  # ``reply`` has a ``sample`` flag
+from .models import load_for_inference
+
+#: Prompt cap for a model without saved encoding settings: none in practice (the whole conversation).
+UNCAPPED = 1 << 30
 
 
-def resolve_model_path(name: str) -> Path | str:
-    """``smollm2`` / ``tiny``, or the weights folder of a run, a checkpoint (LoRA ones too) or a HF folder.
-
-    See :func:`alignkit.models.find_model_folder`: a run folder means its ``final/`` (or, without one,
-    its newest intact checkpoint); a LoRA checkpoint is loaded as its run's base model with the
-    adapter merged in.
-    """
-    if name in ("smollm2", "tiny"):
-        return name
-    from .models import find_model_folder
-
-    return find_model_folder(name, "--model")
-
-
-def load_for_chat(name: str) -> tuple[Any, Any]:
-    from omegaconf import OmegaConf
-
-    from .models import ModelConfig, load_model
-
-    target = resolve_model_path(name)
-    cfg = OmegaConf.structured(ModelConfig)
-    if target == "smollm2":
-        cfg.source = "smollm2"
-    elif target == "tiny":
-        cfg.source = "random"
-    else:
-        cfg.path = str(target)
-    model, tokenizer = load_model(cfg)
-    model.eval()
-    return model, tokenizer
+def chat_encoding(tokenizer: Any, saved: EncodingSettings | None) -> EncodingSettings:
+    """The model's saved encoding settings, or (none saved) its chat template if any, no system prompt, no cap."""
+    return saved if saved is not None else EncodingSettings.defaults(tokenizer, max_length=UNCAPPED + 1,
+                                                                      max_prompt_length=UNCAPPED)
 
 
 @torch.no_grad()
 def reply(model: Any, tokenizer: Any, messages: list[dict], *, max_new_tokens: int = 256, sample: bool = False,
-          temperature: float = 0.7, top_p: float = 1.0, seed: int = 0) -> str:
-    """One assistant turn for ``messages`` (chat template applied, KV cache on)."""
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    generator_kwargs = {"do_sample": sample, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
-    if sample:
-        torch.manual_seed(seed)
-        generator_kwargs.update(temperature=temperature, top_p=top_p)
-    out = model.generate(**ids, **generator_kwargs)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+          temperature: float = 0.7, top_p: float = 1.0, seed: int = 0, encoding: EncodingSettings | None = None,
+          end_ids: frozenset[int] | None = None) -> str:
+    """One assistant turn for ``messages``: encoded per ``encoding``, stopped and cut at the end of the turn.
+
+    Args:
+        model, tokenizer: the model that answers.
+        messages: the conversation so far.
+        max_new_tokens: cap on the answer.
+        sample: sample (temperature, top-p) instead of greedy decoding.
+        temperature, top_p: sampling options.
+        seed: seed of a private random stream (the global RNG is left as it was).
+        encoding: how prompts become tokens (default: :func:`chat_encoding` of no saved settings).
+        end_ids: ids that end the turn (default: :func:`alignkit.generation.end_token_ids`).
+    """
+    encoder = (encoding or chat_encoding(tokenizer, None)).encoder(tokenizer)
+    settings = SamplingSettings(max_new_tokens=max_new_tokens, greedy=not sample, temperature=temperature, top_p=top_p)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with private_rng(seed, next(model.parameters()).device):
+        cut = sample_completions(model, [encoder.prompt_ids(messages)], settings,
+                                 end_ids=end_ids if end_ids is not None else end_token_ids(tokenizer, model),
+                                 pad_id=pad_id, tokenizer=tokenizer)
+    return cut[0].text.strip()
 
 
 def parse_key_values(text: str) -> dict[str, str]:
@@ -73,7 +72,8 @@ def prompt_conditioner(model: str, attributes: str) -> Callable[[list[dict]], li
     """How ``--attributes`` conditions each prompt: the trained run's method's ``condition``.
 
     ``model`` must be a run folder (or its ``final/`` / a checkpoint inside it) whose ``config.yaml``
-    names a method that conditions prompts (``MethodSpec.condition``, e.g. ``method=steerlm``).
+    names a method that conditions prompts (``MethodSpec.condition``, e.g. ``method=steerlm``), or a
+    model folder whose saved encoding settings record that conditioning (a ``final/`` copied elsewhere).
     """
     from omegaconf import OmegaConf
 
@@ -82,12 +82,16 @@ def prompt_conditioner(model: str, attributes: str) -> Callable[[list[dict]], li
 
     values = parse_key_values(attributes)
     config = find_run_config(model)
-    if config is None:
+    saved = saved_encoding(model) if config is None else None
+    if config is not None:
+        cfg, where = OmegaConf.load(config), str(config)
+    elif saved is not None and saved.conditioning:
+        cfg, where = OmegaConf.create({"method": saved.conditioning["config"]}), f"{model} (saved encoding)"
+    else:
         raise ConfigError(f"--attributes needs a run folder with config.yaml; --model {model} has none")
-    cfg = OmegaConf.load(config)
-    spec = get_manager().registry.get("methods", cfg.method.name, where=f"{config}: method")
+    spec = get_manager().registry.get("methods", cfg.method.name, where=f"{where}: method")
     if spec.condition is None:
-        raise ConfigError(f"--attributes: method={cfg.method.name} of {config.parent} does not condition prompts")
+        raise ConfigError(f"--attributes: method={cfg.method.name} of {where} does not condition prompts")
 
     def condition(messages: list[dict]) -> list[dict]:
         try:
@@ -103,7 +107,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="alignkit chat", description=__doc__)
     parser.add_argument("--model", default="smollm2", help="smollm2 | tiny | run folder | checkpoint | HF folder")
     parser.add_argument("--prompt", help="one message; omit to chat interactively (empty line or Ctrl-D quits)")
-    parser.add_argument("--system", help="a system message")
+    parser.add_argument("--system", help="a system message (default: the one the model was trained with; '' for none)")
     parser.add_argument("--attributes", help="conditioning values for a run whose method conditions prompts, "
                                              "e.g. SteerLM: --attributes verbosity=0,helpfulness=4")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -113,10 +117,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     condition = prompt_conditioner(args.model, args.attributes) if args.attributes else (lambda messages: messages)
-    model, tokenizer = load_for_chat(args.model)
+    model, tokenizer = load_for_inference(args.model)
+    saved = saved_encoding(args.model)
+    encoding = chat_encoding(tokenizer, saved)
+    if saved is not None:  # an explicit --system that differs from the trained one is used and reported
+        encoding = encoding.with_overrides({"system_prompt": args.system}, source="chat --system", where=args.model,
+                                           log=report)
     history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     options = dict(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
-                   top_p=args.top_p, seed=args.seed)
+                   top_p=args.top_p, seed=args.seed, encoding=encoding, end_ids=end_token_ids(tokenizer, model))
     if args.prompt is not None:
         print(reply(model, tokenizer, condition([*history, {"role": "user", "content": args.prompt}]), **options))
         return 0

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -100,6 +100,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def with_encoding(cfg: Any, tokenizer: Any, extras: Any = None) -> Callable[[Path], None]:
+    """An ``extras`` callback that writes the run's encoding settings, then the objective's extras.
+
+    Every artefact a run saves (``final/``, a checkpoint's ``model/``) thus carries
+    :data:`alignkit.encoding.ENCODING_FILE` (chat template, system prompt, lengths, truncation,
+    conditioning, tokenizer fingerprint), which scorers, ``eval``, ``chat``, ``generate`` and later
+    runs read to encode text the way the model was trained.
+
+    Args:
+        cfg: the run config.
+        tokenizer: the run's tokenizer (fingerprinted).
+        extras: what else goes beside the weights (heads, adapters): ``extras(folder)``, or None.
+    """
+    from .encoding import EncodingSettings
+
+    settings = EncodingSettings.for_run(cfg, tokenizer)
+
+    def write(folder: Path) -> None:
+        settings.save(folder)
+        if extras is not None:
+            extras(folder)
+
+    return write
 
 
 def write_model(model: Any, tokenizer: Any, target: Path, extras: Any = None) -> None:

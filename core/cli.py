@@ -1,6 +1,7 @@
 """The ``alignkit`` command line.
 
     alignkit train [hydra overrides]     train (Hydra's --help, --cfg job, -m pass through)
+    alignkit train resume=RUN [k=v ...]  continue a run (or pipeline) from its saved config
     alignkit plugins                     JSON: loaded plugins, what they registered, failures
     alignkit ls methods|losses|...       a table of registered names
     alignkit launch --nproc N [overrides]  train on N processes (config composed once, saved, read by workers)
@@ -16,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import AlignkitError, disk_full_as_error
+from .errors import AlignkitError, ConfigError, disk_full_as_error
 
 LIST_KINDS = ("methods", "losses", "rollouts", "scorers", "data_formats", "commands")
 
@@ -45,6 +45,7 @@ def _train_run(cfg, run_dir: Path) -> Any:
     """Train one run; an AlignkitError is one line and exit 2, and a fresh run that failed leaves no folder."""
     from .compose import validate
     from .loop import train
+    from .runfolder import RunFolderError, remove_run_files
 
     fresh = not cfg.resume
     try:
@@ -54,11 +55,13 @@ def _train_run(cfg, run_dir: Path) -> Any:
     except AlignkitError as exc:
         if os.environ.get("ALIGNKIT_DEBUG"):
             traceback.print_exc()
-        # Nothing half-written: a fresh run that failed before its first checkpoint leaves no folder.
-        if fresh and not any((run_dir / "checkpoints").glob("step-*")) and not (run_dir / "final").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
+        # Nothing half-written: a fresh run that failed before its first checkpoint leaves no folder
+        # (only what runs write is removed; a folder refused as another run's is left as it was).
+        claimed = fresh and not isinstance(exc, RunFolderError)
+        if claimed and not any((run_dir / "checkpoints").glob("step-*")) and not (run_dir / "final").exists():
+            remove_run_files(run_dir)
         sys.exit(_error(str(exc), exc.exit_code))
-    _print_result(result)
+    print_result(result)
     return result
 
 
@@ -68,16 +71,32 @@ def _train_stages(argv: list[str], cfg) -> int:
     from .stages import parse_stages, run_stages
 
     run_dir = Path(str(compose(argv, return_hydra_config=True).hydra.run.dir))
-    try:
-        results = run_stages(argv, parse_stages(cfg.stages), run_dir, resume=bool(cfg.resume), run=_train_run)
-    finally:
-        if run_dir.is_dir() and not any(run_dir.iterdir()):  # the first stage failed fresh: leave nothing
-            run_dir.rmdir()
+    results = run_stages(argv, parse_stages(cfg.stages), run_dir, resume=bool(cfg.resume), run=_train_run)
     print(f"\nalignkit: {len(results)} stage(s) trained; pipeline folder: {run_dir}")
     return 0
 
 
-def _print_result(result) -> None:
+def _resume(argv: list[str], run_dir: Path) -> int:
+    """``alignkit train resume=<run> [key=value ...]``: continue from the run's saved config (or pipeline)."""
+    from .compose import compose
+    from .runfolder import CONFIG, PIPELINE, resume_config
+    from .stages import resume_stages
+
+    overrides = [a for a in argv if not a.startswith("resume=")]
+    if (run_dir / PIPELINE).is_file():
+        results = resume_stages(run_dir, overrides, run=_train_run)
+        print(f"\nalignkit: {len(results)} stage(s) trained; pipeline folder: {run_dir}")
+        return 0
+    if run_dir.is_dir() and not (run_dir / CONFIG).is_file():
+        # A pipeline folder from before pipeline.yaml was kept: its command line names the stages.
+        cfg = compose([*argv, f"hydra.run.dir={run_dir}"])
+        if cfg.get("stages"):
+            return _train_stages([*argv, f"hydra.run.dir={run_dir}"], cfg)
+    _train_run(resume_config(run_dir, overrides), run_dir)
+    return 0
+
+
+def print_result(result) -> None:
     from .loop import format_metrics
 
     print(f"\nalignkit: finished {result.steps} steps")
@@ -96,18 +115,24 @@ def cmd_train(argv: list[str]) -> int:
     import hydra
 
     from .compose import CONFIG_MODULE, CONFIG_NAME, compose, setup, validate
+    from .runfolder import claim_fresh, resume_target
 
     setup()
-    passthrough = any(arg.startswith("-") for arg in argv)
-    resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
-    if resume and not any(a.startswith("hydra.run.dir=") for a in argv):
-        argv = [*argv, f"hydra.run.dir={resume}"]
+    passthrough = [arg for arg in argv if arg.startswith("-")]
+    resume = resume_target(argv)
+    if resume is not None:
+        if passthrough:
+            raise ConfigError(f"resume={resume} continues from {Path(resume) / 'config.yaml'} without Hydra's "
+                              f"flags: drop {passthrough[0]}")
+        return _resume(argv, Path(resume))
     if not passthrough:
         # Compose once up front so that config errors are one line and exit 2, not Hydra's report.
         cfg = compose(argv)
         if cfg.get("stages"):
             return _train_stages(argv, cfg)
         validate(cfg)
+        # Before Hydra writes <run>/.hydra: a folder holding another run is refused (or cleared) untouched.
+        claim_fresh(Path(str(compose(argv, return_hydra_config=True).hydra.run.dir)), overwrite=bool(cfg.overwrite))
     main = hydra.main(version_base=None, config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)(_task)
     saved = sys.argv
     sys.argv = ["alignkit train", *argv]
@@ -135,11 +160,24 @@ def cmd_ls(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     registry = get_manager().registry
     rows = [(e.name, e.owner.name, e.owner.version, e.spec.describe()) for e in registry.entries(args.kind)]
+    if args.kind == "losses":  # what loss= accepts: each name, its aliases, and the method(s) that take it
+        takers: dict[str, list[str]] = {}
+        for method in registry.entries("methods"):
+            takers.setdefault(method.spec.loss_family or "", []).append(method.name)
+        rows = [(name, owner, version, summary + _loss_note(e.spec, takers.get(e.spec.family, [])))
+                for (name, owner, version, summary), e in zip(rows, registry.entries("losses"))]
     header = ("name", "plugin", "version", "summary")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(3)]
     for row in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
     return 0
+
+
+def _loss_note(spec, methods: list[str]) -> str:
+    notes = [f"method={'|'.join(methods)}"] if methods else []
+    if spec.aliases:
+        notes.append(f"aliases: {', '.join(spec.aliases)}")
+    return f"  [{'; '.join(notes)}]" if notes else ""
 
 
 def cmd_launch(argv: list[str]) -> int:

@@ -11,7 +11,7 @@ type (``method.beta=abc``) or an unknown key fails at composition with the key's
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.config_store import ConfigStore
@@ -162,12 +162,11 @@ def explain(exc: BaseException) -> str:
     """One line for a Hydra / OmegaConf composition error."""
     from hydra.errors import MissingConfigException
 
-    registry = get_manager().registry
     if isinstance(exc, MissingConfigException):
         missing = (exc.missing_cfg_file or "").strip("/")
         group, _, option = missing.rpartition("/")
         if group in GROUP_KINDS or group in ("model", "data", "trainer", "experiment"):
-            options = sorted(set(exc.options or []) | set(registry.names(GROUP_KINDS[group]) if group in GROUP_KINDS else []))
+            options = sorted(set(exc.options or []))  # what has a config file: what group=<option> accepts
             singular = {"data": "data config"}.get(group, group)
             return f"unknown {singular} '{option}' ({group}={option}); available: {', '.join(options) or 'none'}"
     chain, cause = [], exc
@@ -207,6 +206,24 @@ def compose(overrides: list[str], *, return_hydra_config: bool = False) -> DictC
     return cfg
 
 
+def check_loss(cfg: DictConfig, registry: Registry) -> None:
+    """The ``loss`` must be one the method takes (same ``family``), or none for a method that takes none."""
+    method = registry.get("methods", cfg.method.name, where="method")
+    loss = (cfg.get("loss") or {}).get("name") or "none"
+    if method.loss_family is None:
+        if loss != "none":
+            raise ConfigError(f"method={method.name} takes no loss (loss={loss}); drop the loss= override")
+        return
+    family = sorted({n for e in registry.entries("losses") if e.spec.family == method.loss_family
+                     for n in (e.name, *e.spec.aliases)})
+    if loss == "none":
+        raise ConfigError(f"method={method.name} needs a loss: loss=<one of {', '.join(family)}>")
+    spec = registry.get("losses", loss, where="loss.name")
+    if spec.family != method.loss_family:
+        raise ConfigError(f"loss={loss} is not a {method.loss_family} loss (it is a {spec.family or 'family-less'} "
+                          f"loss); method={method.name} takes: {', '.join(family)}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks Hydra cannot do: group options whose ``name`` is not registered, and every interpolation."""
     registry = get_manager().registry
@@ -218,6 +235,7 @@ def validate(cfg: DictConfig) -> None:
             continue
         if kind in ("methods", "rollouts", "scorers") and (kind, node.name) not in registry:
             raise UnknownNameError(kind, node.name, registry.names(kind), f"{group}.name")
+    check_loss(cfg, registry)
     if cfg.get("trainer") is not None:
         from .metrics import check_trackers, tracker_names
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .batches import PairBatch, PromptBatch, RankedBatch, TokenBatch, padded_rows
 from .datafiles import read_rows
 from .errors import DataError
 from .records import can_convert, convert
@@ -188,48 +189,39 @@ def length_of(example: dict) -> int:
 
 
 # ----------------------------------------------------------------------------- collation
-def _collate_tokens(examples: list[dict], pad_id: int) -> dict:
-    ids = pad([e["input_ids"] for e in examples], pad_id)
-    labels = pad([e["labels"] for e in examples], IGNORE_INDEX)
-    mask = pad([[1] * len(e["input_ids"]) for e in examples], 0)
-    batch = {"input_ids": torch.tensor(ids),  # (B, T)
-             "attention_mask": torch.tensor(mask),  # (B, T)
-             "labels": torch.tensor(labels)}  # (B, T)
-    if "scores" in examples[0]:
-        batch["scores"] = [e["scores"] for e in examples]  # per-example {attribute: value}
-    return batch
+def _collate_tokens(examples: list[dict], pad_id: int) -> TokenBatch:
+    rows = padded_rows([e["input_ids"] for e in examples], [e["labels"] for e in examples], pad_id)
+    scores = [e["scores"] for e in examples] if "scores" in examples[0] else None  # per-example {attribute: value}
+    return TokenBatch(**rows, scores=scores)
 
 
-def _collate_pairs(examples: list[dict], pad_id: int) -> dict:
+def _collate_pairs(examples: list[dict], pad_id: int) -> PairBatch:
     # Chosen rows first, then rejected rows: one concatenated forward for both.
     seqs = [e["chosen_input_ids"] for e in examples] + [e["rejected_input_ids"] for e in examples]
     labs = [e["chosen_labels"] for e in examples] + [e["rejected_labels"] for e in examples]
-    batch = _collate_tokens([{"input_ids": s, "labels": l} for s, l in zip(seqs, labs)], pad_id)
-    batch["num_pairs"] = len(examples)
-    batch["margin"] = torch.tensor([e["margin"] for e in examples], dtype=torch.float32)  # (B,)
-    batch["label"] = torch.tensor([e["label"] for e in examples], dtype=torch.float32)  # (B,)
-    return batch
+    return PairBatch(**padded_rows(seqs, labs, pad_id), num_pairs=len(examples),
+                     margin=torch.tensor([e["margin"] for e in examples], dtype=torch.float32),  # (P,)
+                     label=torch.tensor([e["label"] for e in examples], dtype=torch.float32))  # (P,)
 
 
-def _collate_ranked(examples: list[dict], pad_id: int) -> dict:
+def _collate_ranked(examples: list[dict], pad_id: int) -> RankedBatch:
     k = max(len(e["input_ids"]) for e in examples)
-    flat = [{"input_ids": s, "labels": l} for e in examples for s, l in zip(e["input_ids"], e["labels"])]
-    batch = _collate_tokens(flat, pad_id)
-    present = torch.zeros(len(examples), k, dtype=torch.bool)  # (B, K)
+    seqs = [s for e in examples for s in e["input_ids"]]
+    labs = [lab for e in examples for lab in e["labels"]]
+    present = torch.zeros(len(examples), k, dtype=torch.bool)  # (L, K)
     for row, e in enumerate(examples):
         present[row, : len(e["input_ids"])] = True
-    batch["ranked_mask"] = present
-    return batch
+    return RankedBatch(**padded_rows(seqs, labs, pad_id), ranked_mask=present)
 
 
-def _collate_prompts(examples: list[dict], pad_id: int) -> dict:
+def _collate_prompts(examples: list[dict], pad_id: int) -> PromptBatch:
     ids = pad([e["prompt_ids"] for e in examples], pad_id, left=True)  # left padding for generation
     mask = pad([[1] * len(e["prompt_ids"]) for e in examples], 0, left=True)
-    return {"prompt_input_ids": torch.tensor(ids), "prompt_attention_mask": torch.tensor(mask),
-            "prompts": [e["prompt"] for e in examples]}
+    return PromptBatch(prompt_input_ids=torch.tensor(ids), prompt_attention_mask=torch.tensor(mask),  # (B, P) each
+                       prompts=[e["prompt"] for e in examples])
 
 
-COLLATORS: dict[str, Callable[[list[dict], int], dict]] = {
+COLLATORS: dict[str, Callable[[list[dict], int], Any]] = {
     "tokens": _collate_tokens, "pairs": _collate_pairs, "ranked": _collate_ranked, "prompts": _collate_prompts,
 }
 
@@ -239,5 +231,78 @@ def make_encoder(cfg: Any, tokenizer: Any) -> Encoder:
                    truncation=cfg.truncation, use_chat_template=cfg.chat_template, system_prompt=cfg.system_prompt)
 
 
-def encode_records(records: list[dict], kind: str, encoder: Encoder) -> list[dict]:
-    return [ENCODERS[kind](encoder, r) for r in records]
+#: How logs and errors name records of each kind.
+_NOUNS = {"tokens": "examples", "pairs": "pairs", "ranked": "ranked lists", "prompts": "prompts"}
+
+
+def completion_labels(kind: str, example: dict) -> list[list[int]]:
+    """The completion token ids of an encoded example (prompt and padding positions left out)."""
+    if kind == "pairs":
+        rows = [example["chosen_labels"], example["rejected_labels"]]
+    elif kind == "ranked":
+        rows = list(example["labels"])
+    elif kind == "tokens":
+        rows = [example["labels"]]
+    else:
+        return []
+    return [[t for t in row if t != IGNORE_INDEX] for row in rows]
+
+
+def drop_reason(kind: str, example: dict) -> str | None:
+    """Why an encoded example cannot teach anything after truncation, or None to keep it.
+
+    ``empty``: a completion lost every token (its prompt filled ``data.max_length``). ``identical``:
+    two completions of a pair or ranked list are the same token ids (answers that differ only after
+    the cut): their preference is a tie, their gradient zero, and their accuracy rounding noise.
+    """
+    completions = completion_labels(kind, example)
+    if any(not ids for ids in completions):
+        return "empty"
+    if len({tuple(ids) for ids in completions}) < len(completions):
+        return "identical"
+    return None
+
+
+def _drop_label(kind: str, reason: str) -> str:
+    noun = _NOUNS.get(kind, "records")
+    if reason == "identical":
+        return f"{noun} identical after truncation" if kind == "pairs" else \
+            f"{noun} with identical completions after truncation"
+    return f"{noun} with an empty completion after truncation"
+
+
+def encode_records(records: list[dict], kind: str, encoder: Encoder, *, split: str = "training") -> list[dict]:
+    """Token ids of every record, without those that truncation left with nothing to learn.
+
+    Dropped records (see :func:`drop_reason`) are counted per reason in ``encoder.stats.dropped``,
+    which the rollouts log beside the truncation counts.
+
+    Args:
+        records: parsed records of ``kind``.
+        kind: tokens | pairs | ranked | prompts.
+        encoder: the run's :class:`~alignkit.tokenize.Encoder` (its stats accumulate).
+        split: ``training`` or ``held-out``, for the error.
+
+    Raises:
+        DataError: every record was dropped (naming ``data.max_length`` / ``data.max_prompt_length``).
+    """
+    kept: list[dict] = []
+    dropped: dict[str, int] = {}
+    for record in records:
+        example = ENCODERS[kind](encoder, record)
+        reason = drop_reason(kind, example)
+        if reason is None:
+            kept.append(example)
+        else:
+            dropped[reason] = dropped.get(reason, 0) + 1
+    for reason, n in dropped.items():
+        label = _drop_label(kind, reason)
+        encoder.stats.dropped[label] = encoder.stats.dropped.get(label, 0) + n
+    if records and not kept:
+        reasons = ", ".join(f"{n} {_drop_label(kind, why)}" for why, n in dropped.items())
+        raise DataError(
+            f"data: all {len(records)} {split} {_NOUNS.get(kind, 'records')} were dropped ({reasons}); raise "
+            f"data.max_length={encoder.max_length} or lower data.max_prompt_length={encoder.max_prompt_length} "
+            "so that the completions keep the tokens where they differ"
+        )
+    return kept

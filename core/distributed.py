@@ -250,6 +250,26 @@ def global_weights(weights: list[float], accelerator: Any) -> tuple[list[float],
     return [n * w / total for w in weights], total
 
 
+def term_shares(units: list[dict[str, float]], accelerator: Any) -> list[dict[str, float]]:
+    """Per local micro-batch, term name -> backward scale ``N * u_mk / U_k`` of that term.
+
+    ``units[m][k]`` is how many units of loss term ``k`` micro-batch ``m`` holds (``Objective.weight``);
+    ``U_k`` sums them over every micro-batch of the step on every process, so that each term is the
+    mean over the whole global batch of its own units (tokens, pairs, completions) whatever the
+    split into micro-batches and processes. A term with no unit anywhere gets scale 0.
+    """
+    keys = list(dict.fromkeys(k for u in units for k in u))  # the same order on every rank (same objective)
+    totals = torch.tensor([sum(u.get(k, 0.0) for u in units) for k in keys], dtype=torch.float64)  # (K,)
+    n = accelerator.num_processes
+    if n > 1:
+        import torch.distributed as dist
+
+        totals = totals.to(accelerator.device)
+        dist.all_reduce(totals)
+    total = dict(zip(keys, totals.tolist()))
+    return [{k: (n * u.get(k, 0.0) / total[k] if total[k] > 0 else 0.0) for k in keys} for u in units]
+
+
 def all_finite(loss: torch.Tensor, accelerator: Any) -> bool:
     """Whether ``loss`` is finite on every process (so that all stop together instead of one hanging)."""
     finite = bool(torch.isfinite(loss).all())

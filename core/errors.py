@@ -54,10 +54,6 @@ class ModelError(AlignkitError):
     """A model path is missing or does not hold a loadable causal LM."""
 
 
-class PluginError(AlignkitError):
-    """A plugin failed to import or raised inside a hook."""
-
-
 class CheckpointError(AlignkitError):
     """A checkpoint or resume directory is missing, damaged, or from another run."""
 

@@ -27,10 +27,12 @@ def register_methods(register: Callable) -> None:
     """Register training methods (``method=<name>`` on the command line).
 
     Call ``register(MethodSpec(...))`` once per method. A :class:`alignkit.specs.MethodSpec` names
-    the method, the function that builds its :class:`alignkit.interfaces.Objective`, the record kind
-    it consumes (``tokens``, ``pairs``, ``ranked``, ``prompts``), whether it needs a frozen reference
-    model, and an optional dataclass ``schema`` that types ``cfg.method``. Ship the method's config as
-    ``method/<name>.yaml`` in a config dir (see :func:`register_config_dirs`).
+    the method, the function that builds its :class:`alignkit.interfaces.Objective` (``weight`` +
+    ``__call__``), the record kind it consumes (``tokens``, ``pairs``, ``ranked``, ``prompts``), an
+    optional dataclass ``schema`` that types ``cfg.method``, the ``loss_family`` its ``loss=`` takes,
+    the ``term_options`` that add loss terms (checked for accumulation invariance by
+    ``alignkit.testing.check_method``) and the registered names it ``requires``. Ship the method's
+    config as ``method/<name>.yaml`` in a config dir (see :func:`register_config_dirs`).
 
     Example::
 
@@ -43,11 +45,13 @@ def register_methods(register: Callable) -> None:
 
 @hookspec
 def register_losses(register: Callable) -> None:
-    """Register pure loss functions, importable afterwards as ``alignkit.losses.<name>``.
+    """Register selectable losses (``loss=<name>``), importable afterwards as ``alignkit.losses.<name>``.
 
-    Call ``register(LossSpec(name=..., fn=...))``. ``fn`` is a pure function on tensors (no model, no
-    config object); its docstring should give the paper, the formula and the tensor shapes, because
-    ``alignkit ls losses`` shows its first line.
+    Call ``register(LossSpec(name=..., fn=..., family=...))``. ``fn`` is a pure function on tensors
+    (no model, no config object); its docstring should give the paper, the formula and the tensor
+    shapes, because ``alignkit ls losses`` shows its first line. ``family`` decides which methods take
+    it (their ``MethodSpec.loss_family``); ship ``loss/<name>.yaml`` (and one per alias) in a config
+    dir. Helper math that no user selects is not registered: it is a plain function.
     """
 
 

@@ -1,7 +1,9 @@
 """``alignkit launch --nproc N [train overrides]``: one config, N training processes.
 
 The config is composed and validated once, here, and saved into the run folder (``config.yaml``,
-``plugins.json``); then ``torchrun --standalone`` (default) or ``accelerate launch`` starts N workers
+``plugins.json``; a folder holding another run is refused unless ``overwrite=true``, and
+``resume=<run>`` starts from the run's own ``config.yaml``, as ``alignkit train`` does); then
+``torchrun --standalone`` (default) or ``accelerate launch`` starts N workers
 (``python -m alignkit.worker <run folder>``) that read that saved config, so every process trains
 exactly the same resolved config. Each worker builds the usual :class:`alignkit.loop.Trainer`; on
 more than one process accelerate wraps the policy in DDP (gloo on CPU, NCCL on GPUs) or the FSDP /
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -49,9 +50,10 @@ def run_folder(overrides: list[str], method: str) -> Path:
     return Path("runs") / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def worker_command(launcher: str, nproc: int, run_dir: Path, mixed_precision: str = "no") -> list[str]:
-    """The command that starts ``nproc`` workers on the saved config in ``run_dir``."""
-    worker = ["-m", "alignkit.worker", str(run_dir)]
+def worker_command(launcher: str, nproc: int, run_dir: Path, mixed_precision: str = "no", *,
+                   resume: bool = False) -> list[str]:
+    """The command that starts ``nproc`` workers on the saved config in ``run_dir`` (``resume``: continue it)."""
+    worker = ["-m", "alignkit.worker", str(run_dir), *(["--resume"] if resume else [])]
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *worker]
     # "--cpu --num_processes N" silently runs one process; --multi_gpu starts N (gloo without GPUs).
@@ -62,7 +64,7 @@ def worker_command(launcher: str, nproc: int, run_dir: Path, mixed_precision: st
 def main(argv: list[str]) -> int:
     from .compose import compose, setup, validate
     from .distributed import per_process_batch
-    from .loop import write_run_files
+    from .runfolder import PENDING, PIPELINE, prepare, remove_run_files, resume_config, resume_target
 
     args, overrides = _parser().parse_known_args(argv)
     flags = [a for a in overrides if a.startswith("-")]
@@ -71,14 +73,23 @@ def main(argv: list[str]) -> int:
     if args.nproc < 1:
         raise ConfigError(f"alignkit launch: --nproc {args.nproc}; expected 1 or more processes")
     setup()
-    cfg = compose([a for a in overrides if not a.startswith("hydra.")])
+    resume = resume_target(overrides)
+    if resume is not None:
+        # As alignkit train: the run's own saved config, key=value overrides on top (checked by prepare).
+        run_dir = Path(resume).resolve()
+        if (run_dir / PIPELINE).is_file():
+            raise ConfigError(f"alignkit launch: {run_dir} is a multi-stage pipeline; continue it with "
+                              f"alignkit train resume={resume}")
+        cfg = resume_config(run_dir, [a for a in overrides if not a.startswith("resume=")])
+    else:
+        cfg = compose([a for a in overrides if not a.startswith("hydra.")])
+        run_dir = run_folder(overrides, cfg.method.name).resolve()
     validate(cfg)
     per_process_batch(int(cfg.trainer.batch_size), args.nproc)  # the global batch must split evenly
-    run_dir = run_folder(overrides, cfg.method.name).resolve()
-    if cfg.resume and Path(cfg.resume).resolve() != run_dir:
-        raise ConfigError(f"alignkit launch: resume={cfg.resume} continues in its own folder; drop hydra.run.dir={run_dir}")
-    write_run_files(cfg, run_dir)
-    command = worker_command(args.launcher, args.nproc, run_dir, cfg.trainer.mixed_precision)
+    # A fresh run claims the folder; a resume prints and checks changes, left pending for the workers.
+    prepare(cfg, run_dir, pending=True)
+    command = worker_command(args.launcher, args.nproc, run_dir, cfg.trainer.mixed_precision,
+                             resume=bool(cfg.resume))
     if args.print_command:
         print(" ".join(command))
         return 0
@@ -89,7 +100,8 @@ def main(argv: list[str]) -> int:
         # As alignkit train: a fresh run that failed before its first checkpoint leaves no folder.
         fresh = not cfg.resume and not any((run_dir / "checkpoints").glob("step-*")) and not (run_dir / "final").exists()
         if fresh:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            remove_run_files(run_dir)
+        (run_dir / PENDING).unlink(missing_ok=True)  # a resume that did not start changes nothing
         raise LaunchError(f"alignkit launch: the workers exited with code {code} (their messages are above)")
     return 0
 

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 
-from .errors import CheckpointError, ConfigError, ModelError
+from .errors import CheckpointError, ConfigError
 from .logprobs import PolicyModule, unwrap_lm
 
 
@@ -91,84 +90,6 @@ def load_adapter(model: Any, folder: Path) -> None:
         raise CheckpointError(f"{path}: adapter does not fit model.lora (unexpected {unexpected[:3]})")
 
 
-def base_model_config(adapter: Path) -> Any:
-    """The ``model`` node of the base that ``adapter`` was trained on, with LoRA off.
-
-    Read from the checkpoint's ``manifest.json`` (``model_config``, beside ``model/``), else from the
-    ``config.yaml`` of the run the adapter belongs to (the run folder above
-    ``checkpoints/step-N/model`` or ``final/adapter``); failing both, ``base_model_name_or_path`` of
-    ``adapter_config.json`` when it names a local model folder. ``ModelError`` otherwise.
-    """
-    import json
-
-    from omegaconf import OmegaConf
-
-    from .checkpoint import MANIFEST
-    from .models import ADAPTER_CONFIG, ModelConfig, find_run_config
-
-    schema = OmegaConf.structured(ModelConfig)
-    manifest = Path(adapter).parent / MANIFEST
-    node = json.loads(manifest.read_text()).get("model_config") if manifest.is_file() else None
-    run_config = find_run_config(adapter)
-    if node is None and run_config is not None:
-        node = OmegaConf.to_container(OmegaConf.load(run_config)).get("model")
-    if isinstance(node, dict):
-        base = OmegaConf.merge(schema, {k: v for k, v in node.items() if k in schema})
-    else:
-        named = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-        if not named or not (Path(named) / "config.json").exists():
-            where = f"{run_config} has no model node" if run_config is not None else \
-                "no manifest.json beside it, no run config.yaml above it"
-            raise ModelError(f"{adapter}: a LoRA checkpoint whose base model cannot be found ({where}, and "
-                             f"adapter_config.json names base_model_name_or_path={named!r}, not a local model "
-                             "folder); load it from its run folder, or load the merged final/ instead")
-        base = OmegaConf.merge(schema, {"path": named})
-    base.lora.r = 0
-    if base.path and Path(base.path).expanduser().resolve() == Path(adapter).resolve():
-        raise ModelError(f"{adapter}: the run's model.path is this adapter itself; no base model to merge it into")
-    return base
-
-
-def load_merged(adapter: Path, cfg: Any) -> tuple[torch.nn.Module, Any]:
-    """``(model, tokenizer)`` of a LoRA checkpoint: its base model with the adapter merged in.
-
-    The base comes from :func:`base_model_config` (loaded in ``cfg.dtype``), the adapter from
-    ``adapter_model.safetensors`` (checked to fit, as on resume); the result is
-    ``W + alpha/r * B A`` in every adapted layer, a plain HF model, the same computation that writes a
-    LoRA run's merged ``final/``. The tokenizer is the checkpoint's own when it holds one.
-
-    Args:
-        adapter: a folder with ``adapter_config.json`` and ``adapter_model.safetensors``.
-        cfg: the ``model`` node that asked for it (``dtype``, ``tokenizer_path``, ``trust_remote_code``).
-    """
-    from peft import PeftConfig, get_peft_model
-
-    from .models import load_model, load_tokenizer
-
-    base_cfg = base_model_config(adapter)
-    base_cfg.dtype, base_cfg.trust_remote_code = cfg.dtype, bool(base_cfg.trust_remote_code or cfg.trust_remote_code)
-    if cfg.tokenizer_path:
-        base_cfg.tokenizer_path = cfg.tokenizer_path
-    model, tokenizer = load_model(base_cfg)
-    if not cfg.tokenizer_path and (Path(adapter) / "tokenizer_config.json").exists():
-        tokenizer = load_tokenizer(cfg, Path(adapter))
-    try:
-        peft_config = PeftConfig.from_pretrained(str(adapter))
-    except (OSError, ValueError, TypeError) as exc:
-        raise ModelError(f"{adapter}: unreadable adapter_config.json: {str(exc).splitlines()[0]}") from exc
-    with warnings.catch_warnings():  # transformers' deprecation notes on what PEFT inspects, not the user's
-        warnings.simplefilter("ignore", FutureWarning)
-        peft_model = get_peft_model(model, peft_config)
-    try:
-        load_adapter(peft_model, Path(adapter))
-    except CheckpointError as exc:
-        raise ModelError(str(exc)) from None
-    merged = peft_model.merge_and_unload()  # W + alpha/r * B A, adapters removed
-    merged.requires_grad_(True)  # PEFT froze the base; loaded by path, a model is trainable like any other
-    merged.eval()
-    return merged, tokenizer
-
-
 class AdapterDisabled(PolicyModule):
     """The reference view of a LoRA policy: the same weights with adapters off, eval mode, no grad.
 
@@ -201,9 +122,9 @@ class AdapterDisabled(PolicyModule):
             model.train(was_training)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
-                temperature: float = 1.0, entropy: bool = False) -> Any:
+                temperature: float = 1.0, entropy: bool = False, **modes: Any) -> Any:
         with self._disabled():
-            return super().forward(input_ids, attention_mask, labels, temperature, entropy)
+            return super().forward(input_ids, attention_mask, labels, temperature, entropy, **modes)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         with self._disabled():

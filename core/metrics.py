@@ -29,6 +29,11 @@ def to_float(value: Any) -> float:
     return float(value)
 
 
+def format_metrics(values: dict[str, float]) -> str:
+    """``name=value`` pairs on one line (4 significant digits), for logs and the end-of-run report."""
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}" for k, v in values.items())
+
+
 def tracker_names(trainer_cfg: Any) -> list[str]:
     """The trackers a ``trainer`` config asks for (``trainer.tensorboard=false`` drops TensorBoard)."""
     names = [str(n) for n in (trainer_cfg.get("trackers", None) or [])]

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
-from .errors import ModelError
+from .errors import CheckpointError, ModelError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ADAPTER_CONFIG = "adapter_config.json"  # what PEFT's save_pretrained writes beside the adapter weights
@@ -78,6 +80,13 @@ class ModelConfig:
         tiny: architecture for ``source=random``.
         lora: LoRA adapters (``model.lora.r=16``); the reference of DPO / PPO / REINFORCE is then the
             same model with adapters disabled.
+        disable_dropout: make the loaded model dropout-free (:func:`disable_dropout`), as TRL and
+            OpenRLHF do: the dropout a ``config.json`` ships (``attention_dropout: 0.1``) would otherwise
+            make the policy's train-mode log-probs differ from the reference's, so DPO's step-0 loss
+            is not ln 2 and PPO's first ratio not 1. Applies to every model loaded through
+            :func:`load_model` (policy, resumed reference, PPO critic copy, reward-model scorer, judges,
+            LoRA bases). ``false`` keeps the config's dropout. LoRA's own ``model.lora.dropout`` is a
+            separate, explicit option: the adapters are added after this, so it is left as set.
     """
 
     name: str = "custom"
@@ -89,6 +98,7 @@ class ModelConfig:
     seed: int = 0
     tiny: TinyArch = field(default_factory=TinyArch)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    disable_dropout: bool = True
 
 
 def cache_dir() -> Path:
@@ -177,6 +187,72 @@ def _build_random(cfg: Any, tokenizer: Any) -> torch.nn.Module:
     return model
 
 
+#: Names under which Hugging Face configs and modules keep dropout probabilities: ``attention_dropout``
+#: (Llama, Gemma 2, Qwen2, Phi, Granite, Cohere: passed functionally to the attention), ``hidden_dropout``,
+#: ``residual_dropout``, ``embedding_dropout``, ``classifier_dropout``, GPT-2 / Phi's ``attn_pdrop``,
+#: ``resid_pdrop``, ``embd_pdrop``, OPT's ``layerdrop`` (skips whole layers) and ``drop_path_rate``.
+_DROPOUT_NAME = re.compile(r"dropout|pdrop|layerdrop|drop_path")
+
+_DROPOUT_MODULES = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
+                    torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
+
+
+def _is_dropout_rate(name: str, value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and value != 0
+            and _DROPOUT_NAME.search(name) is not None)
+
+
+def _zero_rates(obj: Any, where: str, changed: list[str]) -> None:
+    for name, value in list(vars(obj).items()):
+        if _is_dropout_rate(name, value):
+            setattr(obj, name, type(value)(0))
+            changed.append(f"{where}.{name}" if where else name)
+
+
+def _config_tree(config: Any, path: str = "config") -> Iterator[tuple[str, Any]]:
+    """A model config and its nested configs (``text_config`` of multimodal models), with their paths."""
+    from transformers import PretrainedConfig
+
+    yield path, config
+    for name, value in vars(config).items():
+        if isinstance(value, PretrainedConfig):
+            yield from _config_tree(value, f"{path}.{name}")
+
+
+def disable_dropout(model: torch.nn.Module) -> list[str]:
+    """Make ``model`` dropout-free, so that ``train()`` mode computes exactly what ``eval()`` computes.
+
+    Three places hold dropout in a Hugging Face model, and all three are zeroed:
+
+    - ``torch.nn.Dropout*`` modules (GPT-2's ``attn_dropout``, Phi's ``resid_dropout``): ``p = 0``;
+    - float module attributes the forward passes to functional dropout (``self.attention_dropout``
+      read by ``eager_attention_forward`` / SDPA in Llama, Gemma 2, Qwen2, Phi, Granite, Cohere;
+      ``hidden_dropout`` of Bloom / Falcon; ``layerdrop`` of OPT): set to 0;
+    - the config's fields of the same names (Falcon reads ``self.config.attention_dropout`` at
+      forward time, and a saved model then records what it was trained with): set to 0.
+
+    Apply it before adding LoRA adapters: PEFT's ``lora_dropout`` modules (``model.lora.dropout``)
+    are an explicit choice and would be zeroed too.
+
+    Args:
+        model: a loaded model (modified in place).
+
+    Returns:
+        The dotted names of the rates that were non-zero (empty for a model without dropout).
+    """
+    changed: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, _DROPOUT_MODULES) and module.p != 0:
+            module.p = 0.0
+            changed.append(f"{name}.p")
+        _zero_rates(module, name, changed)
+    config = getattr(model, "config", None)
+    if config is not None:
+        for path, sub in _config_tree(config):
+            _zero_rates(sub, path, changed)
+    return changed
+
+
 def is_adapter_folder(folder: Path) -> bool:
     """True for a PEFT adapter folder without a full model (a LoRA run's ``checkpoints/step-N/model``)."""
     return (Path(folder) / ADAPTER_CONFIG).exists() and not (Path(folder) / "config.json").exists()
@@ -240,7 +316,10 @@ def resolve_model_folder(cfg: Any) -> Path | None:
 
 
 def load_model(cfg: Any) -> tuple[torch.nn.Module, Any]:
-    """Load ``(policy, tokenizer)`` for the ``model`` config node."""
+    """Load ``(policy, tokenizer)`` for the ``model`` config node.
+
+    The model comes back dropout-free unless ``model.disable_dropout=false`` (:func:`disable_dropout`).
+    """
     from transformers import AutoModelForCausalLM
 
     dtype = _DTYPES.get(cfg.dtype)
@@ -249,8 +328,6 @@ def load_model(cfg: Any) -> tuple[torch.nn.Module, Any]:
     folder = resolve_model_folder(cfg)
     if folder is not None and is_adapter_folder(folder):
         # A LoRA checkpoint holds the adapter only: the run's base model with the adapter merged in.
-        from .lora import load_merged
-
         model, tokenizer = load_merged(folder, cfg)
     elif folder is None:
         tokenizer = load_tokenizer(cfg, folder)
@@ -265,4 +342,115 @@ def load_model(cfg: Any) -> tuple[torch.nn.Module, Any]:
             raise ModelError(f"model.path={folder}: cannot load a causal LM: {str(exc).splitlines()[0]}") from exc
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(cfg, "disable_dropout", True):
+        disable_dropout(model)
+    return model, tokenizer
+
+
+def base_model_config(adapter: Path) -> Any:
+    """The ``model`` node of the base that ``adapter`` was trained on, with LoRA off.
+
+    Read from the checkpoint's ``manifest.json`` (``model_config``, beside ``model/``), else from the
+    ``config.yaml`` of the run the adapter belongs to (the run folder above
+    ``checkpoints/step-N/model`` or ``final/adapter``); failing both, ``base_model_name_or_path`` of
+    ``adapter_config.json`` when it names a local model folder. ``ModelError`` otherwise.
+    """
+    import json
+
+    from omegaconf import OmegaConf
+
+    from .checkpoint import MANIFEST
+
+    schema = OmegaConf.structured(ModelConfig)
+    manifest = Path(adapter).parent / MANIFEST
+    node = json.loads(manifest.read_text()).get("model_config") if manifest.is_file() else None
+    run_config = find_run_config(adapter)
+    if node is None and run_config is not None:
+        node = OmegaConf.to_container(OmegaConf.load(run_config)).get("model")
+    if isinstance(node, dict):
+        base = OmegaConf.merge(schema, {k: v for k, v in node.items() if k in schema})
+    else:
+        named = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+        if not named or not (Path(named) / "config.json").exists():
+            where = f"{run_config} has no model node" if run_config is not None else \
+                "no manifest.json beside it, no run config.yaml above it"
+            raise ModelError(f"{adapter}: a LoRA checkpoint whose base model cannot be found ({where}, and "
+                             f"adapter_config.json names base_model_name_or_path={named!r}, not a local model "
+                             "folder); load it from its run folder, or load the merged final/ instead")
+        base = OmegaConf.merge(schema, {"path": named})
+    base.lora.r = 0
+    if base.path and Path(base.path).expanduser().resolve() == Path(adapter).resolve():
+        raise ModelError(f"{adapter}: the run's model.path is this adapter itself; no base model to merge it into")
+    return base
+
+
+def load_merged(adapter: Path, cfg: Any) -> tuple[torch.nn.Module, Any]:
+    """``(model, tokenizer)`` of a LoRA checkpoint: its base model with the adapter merged in.
+
+    The base comes from :func:`base_model_config` (loaded in ``cfg.dtype``), the adapter from
+    ``adapter_model.safetensors`` (checked to fit, as on resume); the result is
+    ``W + alpha/r * B A`` in every adapted layer, a plain HF model, the same computation that writes a
+    LoRA run's merged ``final/``. The tokenizer is the checkpoint's own when it holds one.
+
+    Args:
+        adapter: a folder with ``adapter_config.json`` and ``adapter_model.safetensors``.
+        cfg: the ``model`` node that asked for it (``dtype``, ``tokenizer_path``, ``trust_remote_code``,
+            ``disable_dropout``).
+    """
+    from peft import PeftConfig, get_peft_model
+
+    from .lora import load_adapter
+
+    base_cfg = base_model_config(adapter)
+    base_cfg.dtype, base_cfg.trust_remote_code = cfg.dtype, bool(base_cfg.trust_remote_code or cfg.trust_remote_code)
+    base_cfg.disable_dropout = bool(getattr(cfg, "disable_dropout", True))  # the asker's choice, like dtype
+    if cfg.tokenizer_path:
+        base_cfg.tokenizer_path = cfg.tokenizer_path
+    model, tokenizer = load_model(base_cfg)
+    if not cfg.tokenizer_path and (Path(adapter) / "tokenizer_config.json").exists():
+        tokenizer = load_tokenizer(cfg, Path(adapter))
+    try:
+        peft_config = PeftConfig.from_pretrained(str(adapter))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"{adapter}: unreadable adapter_config.json: {str(exc).splitlines()[0]}") from exc
+    with warnings.catch_warnings():  # transformers' deprecation notes on what PEFT inspects, not the user's
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(model, peft_config)
+    try:
+        load_adapter(peft_model, Path(adapter))
+    except CheckpointError as exc:
+        raise ModelError(str(exc)) from None
+    merged = peft_model.merge_and_unload()  # W + alpha/r * B A, adapters removed
+    merged.requires_grad_(True)  # PEFT froze the base; loaded by path, a model is trainable like any other
+    merged.eval()
+    return merged, tokenizer
+
+
+def resolve_model_path(name: str) -> Path | str:
+    """``smollm2`` / ``tiny``, or the weights folder of a run, a checkpoint (LoRA ones too) or a HF folder.
+
+    See :func:`alignkit.models.find_model_folder`: a run folder means its ``final/`` (or, without one,
+    its newest intact checkpoint); a LoRA checkpoint is loaded as its run's base model with the
+    adapter merged in.
+    """
+    if name in ("smollm2", "tiny"):
+        return name
+    return find_model_folder(name, "--model")
+
+
+def load_for_inference(name: str) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of ``smollm2``, ``tiny`` or a model / run / checkpoint folder, in eval mode
+    (what ``chat``, ``generate``, ``eval`` and the data commands load)."""
+    from omegaconf import OmegaConf
+
+    target = resolve_model_path(name)
+    cfg = OmegaConf.structured(ModelConfig)
+    if target == "smollm2":
+        cfg.source = "smollm2"
+    elif target == "tiny":
+        cfg.source = "random"
+    else:
+        cfg.path = str(target)
+    model, tokenizer = load_model(cfg)
+    model.eval()
     return model, tokenizer

@@ -22,7 +22,6 @@ import sys
 import traceback
 import warnings
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, Iterable
 
 import pluggy
@@ -35,18 +34,17 @@ ENTRY_POINT_GROUP = hookspecs.PROJECT
 
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "alignkit.plugins.formats",
-    "alignkit.plugins.dataset",
-    "alignkit.plugins.generate",
+    "alignkit.plugins.rollouts.dataset",
+    "alignkit.plugins.rollouts.generate",
     "alignkit.plugins.scorers",
     "alignkit.plugins.sft",
     "alignkit.plugins.dpo",
     "alignkit.plugins.reward_model",
-    "alignkit.plugins.kwise",
     "alignkit.plugins.ppo",
     "alignkit.plugins.reinforce",
-    "alignkit.plugins.plot",
-    "alignkit.plugins.evaluate",
-    "alignkit.plugins.cai",
+    "alignkit.plugins.commands.plot",
+    "alignkit.plugins.commands.evaluate",
+    "alignkit.plugins.rollouts.cai",
     "alignkit.plugins.steerlm",
 )
 
@@ -125,7 +123,19 @@ class PluginManager:
                 continue
             self._load_one(ep.name, ep.load, dist_name, version)
         self._collect()
+        self._check_requirements()
         return self
+
+    def _check_requirements(self) -> None:
+        """Drop (and report) every spec that needs a registered name that is not there (disabled, failed)."""
+        for kind in list(self.registry._tables):
+            for entry in list(self.registry.entries(kind)):
+                missing = [r for r in getattr(entry.spec, "requires", ()) if tuple(r.split(":", 1)) not in self.registry]
+                if missing:
+                    self.registry.remove(kind, entry.name)
+                    error = LookupError(f"{kind[:-1]} '{entry.name}' requires {', '.join(missing)}, which no loaded "
+                                        "plugin registers (disabled or failed?)")
+                    self._fail(entry.owner, "requires", error)
 
     def _load_one(self, name: str, loader: Any, distribution: str, version: str) -> None:
         info = PluginInfo(name, distribution, version)
@@ -213,6 +223,11 @@ def get_manager() -> PluginManager:
     return _MANAGER
 
 
+def current_manager() -> PluginManager | None:
+    """The process-wide manager as it is, without loading one (None if none is loaded yet)."""
+    return _MANAGER
+
+
 def get_registry() -> Registry:
     return get_manager().registry
 
@@ -222,7 +237,3 @@ def set_manager(manager: PluginManager | None) -> None:
     global _MANAGER
     _MANAGER = manager
 
-
-def plugin_module(name: str) -> ModuleType | None:
-    plugin = get_manager().pm.get_plugin(name)
-    return plugin if isinstance(plugin, ModuleType) else None

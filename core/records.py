@@ -23,6 +23,14 @@ from typing import Any, Callable
 Messages = list[dict[str, str]]
 
 
+def last_user_text(messages: Messages) -> str:
+    """The content of the last user message (the question a judge reads), or of the last message."""
+    for message in reversed(messages):
+        if message["role"] == "user":
+            return message["content"]
+    return messages[-1]["content"] if messages else ""
+
+
 def as_messages(value: Any, role: str, where: str) -> Messages:
     """A string or a list of messages -> a non-empty list of messages (``ValueError`` otherwise)."""
     if isinstance(value, str):

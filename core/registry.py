@@ -67,6 +67,10 @@ class Registry:
         except KeyError:
             raise UnknownNameError(kind, name, list(self._tables[kind]), where) from None
 
+    def remove(self, kind: str, name: str) -> None:
+        """Forget ``name`` (a spec whose requirements are missing)."""
+        del self._tables[kind][name]
+
     def owner(self, kind: str, name: str) -> PluginInfo:
         return self._tables[kind][name].owner
 

@@ -46,8 +46,14 @@ class MethodSpec(_Spec):
         consumes: record kind the objective trains on (one of ``RECORD_KINDS``), or a function of
             the run config returning one (a method whose data depends on its loss, e.g. reward
             models: pairs for Bradley-Terry, ranked lists for K-wise).
-        needs_reference: load a frozen copy of the initial policy as ``context.reference``.
         schema: dataclass typing ``cfg.method`` (must have a ``name: str`` field).
+        requires: other registered names this method looks up by name, as ``"<table>:<name>"``
+            (``"methods:sft"``); checked when plugins load (a missing one disables this method).
+        loss_family: the family of the losses ``loss=`` may select for this method (see
+            :class:`LossSpec`); None: the method takes no ``loss=``.
+        term_options: overrides that each add a loss term (``"method.sft_weight=1"``); the
+            conformance kit (``alignkit.testing.check_method``) checks batch x accumulation
+            invariance with each of them, as it does for the method alone.
         summary: one line for ``alignkit ls methods``.
         condition: optional ``condition(cfg, prompt, values, *, fill_defaults) -> prompt``: how the
             method writes per-example conditioning values into a prompt (messages). Dataset rollouts
@@ -60,10 +66,12 @@ class MethodSpec(_Spec):
     KIND = "methods"
     build: Callable[..., Any] = None  # type: ignore[assignment]
     consumes: str | Callable[[Any], str] = "tokens"
-    needs_reference: bool = False
     schema: type | None = None
     summary: str = ""
     condition: Callable[..., Any] | None = None
+    term_options: tuple[str, ...] = ()
+    loss_family: str | None = None
+    requires: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not callable(self.consumes) and self.consumes not in RECORD_KINDS:
@@ -79,32 +87,74 @@ class MethodSpec(_Spec):
 
 @dataclass(frozen=True)
 class LossSpec(_Spec):
-    """A pure loss function on tensors, exposed as ``alignkit.losses.<name>``."""
+    """A selectable loss (``loss=<name>``): a pure function on tensors, exposed as ``alignkit.losses.<name>``.
+
+    Only losses a user can pick are registered; helper math (GAE, KL estimators, advantage
+    estimators) is plain functions of :mod:`alignkit.rl` or of the method's package.
+
+    Attributes:
+        name: ``loss=<name>``; a ``loss/<name>.yaml`` must exist on the config path.
+        fn: the loss; called by the methods of its ``family`` as documented there.
+        schema: dataclass typing ``cfg.loss``: its fields other than ``name`` are the loss's options,
+            passed to ``fn`` as keyword arguments (:meth:`options`).
+        family: the kind of loss, which decides the methods that take it (``MethodSpec.loss_family``):
+            ``preference`` (DPO-style, on policy/reference log-probs of pairs), ``reward-model`` (a
+            reward model's scores), ...
+        consumes: the record kind the loss trains on when a method's data follows its loss (reward
+            models: ``pairs`` for Bradley-Terry, ``ranked`` for Plackett-Luce, ``tokens`` for MSE).
+        takes: per-example inputs the method passes besides the loss's own options, when it has them
+            (``beta``, ``soft_labels``, ``margin``).
+        aliases: short names that select it too (each with its own ``loss/<alias>.yaml``).
+        summary: one line for ``alignkit ls losses``.
+    """
 
     KIND = "losses"
     fn: Callable[..., Any] = None  # type: ignore[assignment]
     schema: type | None = None
     summary: str = ""
+    family: str = ""
+    consumes: str | None = None
+    takes: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.consumes is not None and self.consumes not in RECORD_KINDS:
+            raise ValueError(f"loss '{self.name}': consumes={self.consumes!r}, expected one of {RECORD_KINDS}")
+
+    def options(self, loss_cfg: Any) -> dict[str, Any]:
+        """The configured options of this loss: every field of ``cfg.loss`` but ``name``."""
+        from omegaconf import OmegaConf
+
+        values = OmegaConf.to_container(loss_cfg, resolve=True) if OmegaConf.is_config(loss_cfg) else dict(loss_cfg)
+        return {k: v for k, v in values.items() if k != "name"}
 
 
 @dataclass(frozen=True)
 class RolloutSpec(_Spec):
-    """Where batches come from: ``build(context, cfg.rollout) -> Rollout``."""
+    """Where batches come from: ``build(context, cfg.rollout) -> Rollout``.
+
+    ``requires``: other registered names it looks up by name (``"rollouts:dataset"``), checked at load.
+    """
 
     KIND = "rollouts"
     build: Callable[..., Any] = None  # type: ignore[assignment]
     schema: type | None = None
     summary: str = ""
+    requires: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ScorerSpec(_Spec):
-    """What completions are worth: ``build(context, cfg.scorer) -> Scorer``."""
+    """What completions are worth: ``build(context, cfg.scorer) -> Scorer``.
+
+    ``requires``: other registered names it looks up by name, checked at load.
+    """
 
     KIND = "scorers"
     build: Callable[..., Any] = None  # type: ignore[assignment]
     schema: type | None = None
     summary: str = ""
+    requires: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +182,7 @@ class CommandSpec(_Spec):
     run: Callable[[list[str]], int] = None  # type: ignore[assignment]
     help: str = ""
     summary: str = ""
+    requires: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return self.summary or self.help or _first_line(self.run)

@@ -47,9 +47,46 @@ def preference_summary(correct: torch.Tensor, margin: torch.Tensor, prefix: str 
             f"{prefix}margin_ci_high": m_high, f"{prefix}pairs": float(n)}
 
 
-def preference_correct(margin: torch.Tensor) -> torch.Tensor:
-    """1 where the chosen answer wins, 0 where it loses, 1/2 on an exact tie (e.g. at initialisation)."""
-    return (margin > 0).float() + 0.5 * (margin == 0).float()
+#: Relative width of a tie: 32 float32 epsilons of the operands' magnitude (see :func:`preference_correct`).
+TIE_RTOL = 32 * float(torch.finfo(torch.float32).eps)
+
+
+def tie_scale(*operands: torch.Tensor) -> torch.Tensor:
+    """Σ |operand|, elementwise: the magnitude a margin built from ``operands`` inherits rounding from.
+
+    For a reward model's margin r_c − r_r pass ``(r_c, r_r)``; for DPO's β(log π_c − log π_ref,c) −
+    β(log π_r − log π_ref,r) pass the four β-scaled log-prob sums.
+    """
+    total = operands[0].detach().abs()
+    for operand in operands[1:]:
+        total = total + operand.detach().abs()
+    return total
+
+
+def preference_correct(margin: torch.Tensor, scale: torch.Tensor | None = None, *,
+                       rtol: float = TIE_RTOL) -> torch.Tensor:
+    """1 where the chosen answer wins, 0 where it loses, 1/2 on a tie.
+
+    Tie rule: ``|margin| <= rtol · scale``. A float32 sum of n terms carries rounding of about
+    √n·eps·Σ|terms| (Higham, "Accuracy and Stability of Numerical Algorithms", §4.2), so a margin below
+    a few tens of epsilons of its operands' magnitude (``scale``, see :func:`tie_scale`) is rounding
+    noise, e.g. the same answer scored in two batch rows, not a preference: counting it as a win
+    or a loss would make accuracy read 0.625 on pairs that are identical. The default ``rtol`` is
+    32 eps (√n for sequences up to ~1000 tokens). Without ``scale`` only exact zeros are ties.
+
+    Args:
+        margin: (...) chosen minus rejected score.
+        scale: (...) or broadcastable magnitude of the values the margin is the difference of; None
+            for exact ties only.
+        rtol: tie width relative to ``scale``.
+
+    Returns:
+        (...) float32 in {0, 1/2, 1}.
+    """
+    margin = margin.detach()
+    tol = torch.zeros_like(margin) if scale is None else rtol * scale.detach().to(margin.dtype)  # (...)
+    tie = margin.abs() <= tol
+    return torch.where(tie, 0.5, (margin > 0).to(margin.dtype)).float()
 
 
 def bootstrap_interval(statistic: Callable[[np.ndarray], Any], n: int, *, rounds: int = 1000, seed: int = 0,

@@ -53,6 +53,15 @@ SMALL_RUN = ("data.max_length=96", "data.max_prompt_length=64", "trainer.batch_s
 #: Hydra config groups whose options a plugin may ship (``<group>/<option>.yaml``).
 CONFIG_GROUPS = ("method", "model", "data", "trainer", "rollout", "scorer", "loss", "experiment")
 
+#: Record kinds read from a dataset (batch and accumulation are plain config splits of the same examples).
+OFFLINE_KINDS = ("tokens", "pairs", "ranked")
+
+#: One plain SGD step: the update is the (negative) gradient itself, so two runs' updates compare gradients.
+ONE_SGD_STEP = ("trainer.max_steps=1", "trainer.max_grad_norm=0", "trainer.optimizer._target_=torch.optim.SGD",
+                "trainer.optimizer.lr=1.0", "~trainer.optimizer.weight_decay", "trainer.scheduler.name=constant",
+                "trainer.scheduler.warmup_steps=0", "trainer.save_every=0", "rollout.shuffle=false",
+                "data.eval_fraction=0")
+
 #: The scorer :func:`check_method` adds for methods that consume prompts when none is configured.
 TESTING_SCORER = "alignkit_testing_length"
 
@@ -114,7 +123,9 @@ def synthetic_rows(kind: str, n: int = 16) -> list[dict]:
     rows = []
     for i in range(n):
         prompt = f"Question {i}: what is {i} plus {i}?"
-        good, bad, meh = f"It is {2 * i}.", f"I will not answer question {i}.", f"Maybe {2 * i + 1}."
+        # Answers of different lengths: a loss term averaged over the wrong units shows under accumulation.
+        because = " Because adding a number to itself doubles it." * (i % 3)
+        good, bad, meh = f"It is {2 * i}.{because}", f"I will not answer question {i}.", f"Maybe {2 * i + 1}."
         if kind == "tokens":
             rows.append({"prompt": prompt, "completion": good})
         elif kind == "pairs":
@@ -140,14 +151,11 @@ def synthetic_data(kind: str, folder: str | Path, n: int = 16) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the testing scorer
-def _length_reward(batch: dict) -> Any:
+def _length_reward(batch: Any) -> Any:
     """Reward = completion length in characters / 100: deterministic, cheap, varies between samples."""
     import torch
 
-    if "completions" in batch:
-        return torch.tensor([len(str(c)) / 100.0 for c in batch["completions"]], dtype=torch.float32)  # (B,)
-    mask = batch.get("completion_mask", batch.get("attention_mask"))
-    return mask.float().sum(-1).cpu() / 100.0  # (B,)
+    return torch.tensor([len(str(c)) / 100.0 for c in batch.completions], dtype=torch.float32)  # (B,)
 
 
 class _TestingScorers:
@@ -378,6 +386,16 @@ def check_method(name: str, *overrides: str, tmp_path: str | Path | None = None,
                 raise _fail(name, "resumes", str(exc)) from exc
             _compare_runs(name, first, second, result.final_model, resumed.final_model, atol)
             report["checks"].append("resumes")
+
+        # 6. no dropout noise at step 0: a model whose config enables dropout trains without it
+        _check_dropout_free(name, full, root / "dropout")
+        report["checks"].append("dropout-free")
+
+        # 7. batch x accumulation invariance, for the method alone and with each option that adds a term
+        check = _check_accumulation if kind in OFFLINE_KINDS else _check_rollout_accumulation
+        for option in ("", *spec.term_options):
+            check(name, [*full, *([option] if option else [])], root / "accumulation", option)
+        report["checks"].append("accumulates")
     finally:
         if manager is not previous:
             set_manager(previous)
@@ -393,6 +411,7 @@ def _check_loss(name: str, cfg: Any, run_dir: Path) -> tuple[float, bool]:
     import torch
 
     from alignkit.errors import AlignkitError
+    from alignkit.interfaces import LossOutput
     from alignkit.loop import Trainer
     from alignkit.metrics import to_float
 
@@ -400,11 +419,14 @@ def _check_loss(name: str, cfg: Any, run_dir: Path) -> tuple[float, bool]:
         trainer = Trainer(cfg, run_dir)
         batch = next(trainer._update_stream())
         out = trainer.objective(batch)
+        loss = out.total() if isinstance(out, LossOutput) else None
     except AlignkitError as exc:
         raise _fail(name, "loss", str(exc)) from exc
-    loss = getattr(out, "loss", None)
+    except TypeError as exc:  # LossOutput without loss or terms
+        raise _fail(name, "loss", str(exc)) from exc
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-        raise _fail(name, "loss", f"the objective must return LossOutput(loss=<0-dim tensor>, ...), got {out!r:.200}")
+        raise _fail(name, "loss", f"the objective must return LossOutput(loss=<0-dim tensor>, ...) or "
+                                  f"LossOutput(terms={{name: 0-dim tensor}}), got {out!r:.200}")
     if not torch.isfinite(loss):
         raise _fail(name, "loss", f"loss is {float(loss.detach())} on the first batch")
     bad = {k: v for k, v in out.metrics.items() if not _finite(to_float(v))}
@@ -414,7 +436,7 @@ def _check_loss(name: str, cfg: Any, run_dir: Path) -> tuple[float, bool]:
         raise _fail(name, "loss", "loss does not require grad (detached, or computed under no_grad)")
     loss.backward()
     params = [p for p in trainer.policy.parameters() if p.requires_grad]
-    params += list(getattr(trainer.objective, "extra_parameters", lambda: [])())
+    params += [p for p in trainer.run.loose]
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         raise _fail(name, "loss", "no parameter received a gradient")
@@ -427,9 +449,130 @@ def _check_loss(name: str, cfg: Any, run_dir: Path) -> tuple[float, bool]:
     return value, zero
 
 
+def _check_accumulation(name: str, overrides: list[str], root: Path, option: str, examples: int = 4) -> None:
+    """One SGD step on the same ``examples`` records as one batch, and as ``examples`` accumulated
+    micro-batches of one: the weights after it must agree (each loss term normalised over the global
+    batch). Both runs start from the same seeded weights, heads included."""
+    from alignkit.errors import AlignkitError
+    from alignkit.loop import train
+    from alignkit.models import load_model
+
+    what = f"accumulates{f' ({option})' if option else ''}"
+    finals = []
+    for batch, accum in ((examples, 1), (1, examples)):
+        cfg = compose_run_config(*overrides, *ONE_SGD_STEP, f"trainer.batch_size={batch}",
+                                 f"trainer.grad_accum={accum}")
+        run_dir = root / f"{(option or 'plain').replace('=', '_').replace('.', '_')}-{batch}x{accum}"
+        try:
+            finals.append(_weights(train(cfg, run_dir).final_model))
+        except AlignkitError as exc:
+            raise _fail(name, what, str(exc)) from exc
+    initial = {k: v.detach() for k, v in load_model(cfg.model)[0].state_dict().items()}
+    _compare_updates(name, what, initial, *finals,
+                     f"batch {examples} x accumulation 1 and batch 1 x accumulation {examples}")
+
+
+def _check_rollout_accumulation(name: str, overrides: list[str], root: Path, option: str) -> None:
+    """Sampled data cannot be re-read in another batch size, so for online methods the same first update
+    micro-batch (a rollout, prepared by the objective) is trained on whole, and as two accumulated halves
+    of its rows, each with one SGD step from the same initial weights: the weights after must agree.
+
+    A tiny random model's completions all run to the length cap, which would make rows and tokens
+    proportional (and a wrong unit invisible); each row keeps a different number of its completion
+    tokens as targets (:func:`_ragged`), a valid batch all the same."""
+    import torch
+
+    from alignkit.errors import AlignkitError
+    from alignkit.loop import Trainer
+
+    what = f"accumulates{f' ({option})' if option else ''}"
+    slug = (option or "plain").replace("=", "_").replace(".", "_")
+    finals = []
+    try:
+        whole = Trainer(compose_run_config(*overrides, *ONE_SGD_STEP, "trainer.grad_accum=1"), root / f"{slug}-1")
+        batch = _ragged(next(whole._update_stream()))
+        n = batch.num_rows
+        halves = [batch.select(torch.arange(0, n // 2)), batch.select(torch.arange(n // 2, n))]
+        split = Trainer(compose_run_config(*overrides, *ONE_SGD_STEP, "trainer.grad_accum=2"), root / f"{slug}-2")
+        for trainer, micro in ((whole, [batch]), (split, halves)):
+            trainer._train_step(iter(micro))
+            finals.append({k: v.detach().clone() for k, v in trainer.policy.state_dict().items()})
+    except AlignkitError as exc:
+        raise _fail(name, what, str(exc)) from exc
+    initial = {k: v.detach() for k, v in Trainer(compose_run_config(*overrides, *ONE_SGD_STEP),
+                                                 root / f"{slug}-0").policy.state_dict().items()}
+    _compare_updates(name, what, initial, *finals, f"one rollout's {n} rows as 1 micro-batch and as 2 accumulated halves")
+
+
+def _ragged(batch: Any) -> Any:
+    """``batch`` with row r keeping only its first 1 + r mod L completion tokens as targets."""
+    import dataclasses
+
+    from alignkit.tokenize import IGNORE_INDEX
+
+    labels, mask = batch.labels.clone(), batch.response_mask()  # (N, T), (N, T-1)
+    for row in range(batch.num_rows):
+        positions = mask[row].nonzero().flatten()  # log-prob positions t predict label column t + 1
+        labels[row, positions[1 + row % max(1, len(positions)):] + 1] = IGNORE_INDEX
+    return dataclasses.replace(batch, labels=labels)
+
+
+def _compare_updates(name: str, what: str, initial: dict[str, Any], whole: dict[str, Any], split: dict[str, Any],
+                     how: str) -> None:
+    scale = max(float((whole[k].double() - initial[k].double()).abs().max()) for k in whole if k in initial)
+    worst = max(float((whole[k].double() - split[k].double()).abs().max()) for k in whole)
+    if scale == 0.0:
+        raise _fail(name, what, "one SGD step at lr 1 changed no weight; the check has nothing to compare")
+    if worst > 1e-5 + 1e-4 * scale:
+        raise _fail(name, what, f"{how} give updates that differ by {worst:.3g} (largest update {scale:.3g}, "
+                                f"{100 * worst / scale:.2g}%); each loss term must be a mean over its own units "
+                                "and weight() must report them (see alignkit.interfaces)")
+
+
+def _dropout_model(folder: Path) -> Path:
+    """A tiny random Llama folder whose config enables dropout (attention 0.1)."""
+    from omegaconf import OmegaConf
+
+    from alignkit.checkpoint import write_model
+    from alignkit.models import ModelConfig, load_model
+
+    if not (folder / "config.json").exists():
+        cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), {"source": "random", "disable_dropout": False})
+        model, tokenizer = load_model(cfg)
+        model.config.attention_dropout = 0.1
+        write_model(model, tokenizer, folder)
+    return folder
+
+
+def _check_dropout_free(name: str, overrides: list[str], root: Path) -> None:
+    """Step 0 on a model whose config enables dropout: the first micro-batch's loss is the same under two
+    different random seeds (no dropout noise in policy, reference, critic or reward model)."""
+    import torch
+
+    from alignkit.errors import AlignkitError
+    from alignkit.loop import Trainer
+
+    folder = _dropout_model(root / "model")
+    cfg = compose_run_config(*overrides, f"model.path={folder}", "model.name=dropout")
+    try:
+        trainer = Trainer(cfg, root / "run")
+        batch = next(trainer._update_stream())
+        losses = []
+        for seed in (1, 2):
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                torch.manual_seed(seed)
+                losses.append(trainer.objective(batch).total())
+    except AlignkitError as exc:
+        raise _fail(name, "dropout-free", str(exc)) from exc
+    if not torch.equal(losses[0], losses[1]):
+        raise _fail(name, "dropout-free", f"on a model whose config enables dropout, the first loss is "
+                                          f"{float(losses[0]):.8g} under one seed and {float(losses[1]):.8g} under "
+                                          "another: dropout is on (every model the method loads must be "
+                                          "dropout-free: alignkit.models.disable_dropout)")
+
+
 def _compare_runs(name: str, first: Path, second: Path, final_a: Path | None, final_b: Path | None,
                   atol: float) -> None:
-    import torch
 
     from alignkit.metrics import read_metrics
 
@@ -465,6 +608,7 @@ def check_scorer(name: str, *overrides: str, batch: dict | None = None) -> Any:
     import torch
     from omegaconf import OmegaConf
 
+    from alignkit.batches import RolloutBatch
     from alignkit.context import RunContext
     from alignkit.errors import AlignkitError
     from alignkit.models import load_model
@@ -493,13 +637,13 @@ def check_scorer(name: str, *overrides: str, batch: dict | None = None) -> Any:
                      tokenizer=tokenizer, accelerator=Accelerator(cpu=True), kind="prompts")
     if batch is None:
         rows = synthetic_rows("pairs", 4)
-        batch = {"prompts": [[{"role": "user", "content": r["prompt"]}] for r in rows],
-                 "completions": [r["chosen"] if i % 2 else r["rejected"] for i, r in enumerate(rows)]}
+        batch = RolloutBatch.from_texts([[{"role": "user", "content": r["prompt"]}] for r in rows],
+                                        [r["chosen"] if i % 2 else r["rejected"] for i, r in enumerate(rows)])
     try:
         rewards = spec.build(ctx, cfg.scorer)(batch)
     except AlignkitError as exc:
         raise fail("scores", str(exc)) from exc
-    n = len(batch.get("prompts") or batch["input_ids"])
+    n = batch.num_rows
     if not isinstance(rewards, torch.Tensor) or rewards.dim() not in (1, 2) or rewards.shape[0] != n:
         raise fail("scores", f"expected a tensor (B,) or (B, A) with B={n}, got {rewards!r:.200}")
     if not rewards.is_floating_point() or not torch.isfinite(rewards).all():
@@ -515,7 +659,7 @@ def plugin_session() -> Iterator[Callable[..., Any]]:
     import alignkit.plugin_manager as pm
     from alignkit import compose
 
-    saved = pm._MANAGER  # None (not loaded yet) is restored as None
+    saved = pm.current_manager()  # None (not loaded yet) is restored as None
     try:
         yield use_plugins
     finally:

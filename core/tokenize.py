@@ -7,7 +7,7 @@ completion is the suffix the chat template adds after the generation prompt (for
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DataError
@@ -18,10 +18,26 @@ IGNORE_INDEX = -100
 
 @dataclass
 class TokenizeStats:
-    """How many examples were truncated; logged once per dataset."""
+    """How many examples were truncated, and dropped because truncation left nothing to learn; logged
+    once per dataset.
+
+    Attributes:
+        prompts_truncated: prompts cut to ``data.max_prompt_length``.
+        completions_truncated: completions cut to fit ``data.max_length``.
+        dropped: why records were dropped (``"pairs identical after truncation"``) -> how many
+            (:func:`alignkit.data.encode_records`).
+    """
 
     prompts_truncated: int = 0
     completions_truncated: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """``truncated prompts 0, truncated completions 16; dropped: 8 pairs identical after truncation``."""
+        text = f"truncated prompts {self.prompts_truncated}, truncated completions {self.completions_truncated}"
+        if self.dropped:
+            text += "; dropped: " + ", ".join(f"{n} {why}" for why, n in self.dropped.items())
+        return text
 
 
 class Encoder:
@@ -61,12 +77,19 @@ class Encoder:
         return prompt
 
     def prompt_ids(self, prompt: Messages, where: str = "") -> list[int]:
-        """Token ids of the prompt, ending with the generation prompt (``<|im_start|>assistant\\n``)."""
+        """Token ids of the prompt, ending with the generation prompt (``<|im_start|>assistant\\n``).
+
+        With the chat template, exactly what ``apply_chat_template`` gives (a template that wants BOS
+        writes it; nothing is added). In plain-text mode, exactly what ``tokenizer(text)`` gives for the
+        contents joined by blank lines, the special tokens the tokenizer adds (BOS) included; left
+        truncation keeps those leading tokens and cuts the text after them.
+        """
         prompt = self._with_system(prompt)
+        lead = 0
         if self.use_chat_template:
             ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
         else:
-            ids = self.tokenizer("\n\n".join(m["content"] for m in prompt) + "\n\n", add_special_tokens=False)["input_ids"]
+            ids, lead = text_ids(self.tokenizer, "\n\n".join(m["content"] for m in prompt) + "\n\n")
         if len(ids) > self.max_prompt_length:
             if self.truncation == "fail":
                 raise DataError(
@@ -74,7 +97,7 @@ class Encoder:
                     "(set data.truncation=left to truncate instead)"
                 )
             self.stats.prompts_truncated += 1
-            ids = ids[-self.max_prompt_length:]
+            ids = truncate_left(ids, self.max_prompt_length, keep=lead)
         return list(ids)
 
     def completion_ids(self, prompt: Messages, completion: Messages) -> list[int]:
@@ -102,6 +125,29 @@ class Encoder:
             self.stats.completions_truncated += 1
             c_ids = c_ids[:room]
         return {"input_ids": p_ids + c_ids, "labels": [IGNORE_INDEX] * len(p_ids) + c_ids}
+
+
+def text_ids(tokenizer: Any, text: str) -> tuple[list[int], int]:
+    """``tokenizer(text)["input_ids"]``, special tokens it adds included, and how many of those lead.
+
+    A tokenizer that prepends BOS (Llama, Gemma) gives ``([bos, ...], 1)``; one that adds nothing
+    ``([...], 0)``. The count lets truncation keep the sequence start the model was trained with.
+    """
+    encoded = tokenizer(text, return_special_tokens_mask=True)
+    ids, special = list(encoded["input_ids"]), list(encoded["special_tokens_mask"])
+    lead = 0
+    while lead < len(ids) and special[lead]:
+        lead += 1
+    return ids, lead
+
+
+def truncate_left(ids: list[int], limit: int, *, keep: int = 0) -> list[int]:
+    """The last ``limit`` tokens of ``ids``, but its first ``keep`` tokens (a BOS) kept in front."""
+    if len(ids) <= limit:
+        return list(ids)
+    if keep <= 0 or keep >= limit:
+        return list(ids[-limit:])
+    return list(ids[:keep]) + list(ids[len(ids) - (limit - keep):])
 
 
 def pad(sequences: list[list[int]], value: int, *, left: bool = False) -> list[list[int]]:

@@ -136,6 +136,10 @@ def linear_stats_forward(
     temperature: float,
     entropy: bool,
     grad_hidden: bool = False,
+    *,
+    bias: torch.Tensor | None = None,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor | None
 ]:
@@ -151,57 +155,68 @@ def linear_stats_forward(
         temperature: ``tau``.
         entropy: Also compute the entropy.
         grad_hidden: Torch engine only: compute ``d logp_i / d h_i`` (N, d) in the forward.
+        bias: (V,) lm_head bias, or None.
+        logit_scale: ``s``, multiplies ``h W^T + b``.
+        softcap: The cap, or None (see :mod:`alignkit.kernels.logit_processing`).
 
     Returns:
         (N,) float32 ``logp``, ``lse``, ``ent`` (or None), (B,) ``seq_sum``, (B,) int64 ``count``,
         and (N, d) ``dlogp_dh`` or None.
     """
+    head = dict(bias=bias, logit_scale=logit_scale, softcap=softcap)
     if engine is not None:
         logp, lse, ent, seq_sum, count = engine.linear_forward(
             hidden, weight, labels, seq_len=seq_len, ignore_index=ignore_index,
-            temperature=temperature, entropy=entropy,
+            temperature=temperature, entropy=entropy, **head,
         )
         return logp, lse, ent, seq_sum, count, None
     logp, lse, ent, dh = torch_linear_logprobs.linear_forward(
         hidden, weight, labels, ignore_index=ignore_index, temperature=temperature,
-        entropy=entropy, grad_hidden=grad_hidden,
+        entropy=entropy, grad_hidden=grad_hidden, **head,
     )
     return logp, lse, ent, *_torch_seq_stats(logp, labels, seq_len, ignore_index), dh
 
 
 class LinearStatsFunction(torch.autograd.Function):
-    """Differentiable ``(logp, entropy, seq_sum, count)`` from hidden states and the lm_head."""
+    """Differentiable ``(logp, entropy, seq_sum, count)`` from hidden states and the lm_head
+    (weight and optional bias, with the model's logit scale and soft cap)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,
+        bias: torch.Tensor | None,
         labels: torch.Tensor,
         seq_len: int,
         ignore_index: int,
         temperature: float,
         entropy: bool,
         engine: ModuleType | None,
+        logit_scale: float = 1.0,
+        softcap: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
         # Gradient in the forward pass is exact for hidden only (row i depends on token i only);
         # the entropy would need a second (N, d) buffer and matmul, cheaper to recompute then.
         grad_hidden = engine is None and need_h and not entropy
         logp, lse, ent, seq_sum, count, dh = linear_stats_forward(
             engine, hidden, weight, labels, seq_len, ignore_index, temperature, entropy,
-            grad_hidden=grad_hidden,
+            grad_hidden=grad_hidden, bias=bias, logit_scale=logit_scale, softcap=softcap,
         )
+        recompute = need_w or need_b or dh is None
         ctx.save_for_backward(
-            hidden if (need_w or dh is None) else None,
-            weight if (need_w or dh is None) else None,
+            hidden if recompute else None,
+            weight if recompute else None,
+            bias if recompute else None,
             labels,
             lse,
             ent if ent is not None else _no_entropy(lse),
             count,
             dh,
         )
-        ctx.cfg = (seq_len, ignore_index, temperature, entropy, engine, hidden.dtype)
+        ctx.cfg = (seq_len, ignore_index, temperature, entropy, engine, hidden.dtype, logit_scale, softcap)
         ctx.mark_non_differentiable(count)
         return logp, ent if ent is not None else _no_entropy(logp), seq_sum, count
 
@@ -214,24 +229,27 @@ class LinearStatsFunction(torch.autograd.Function):
         g_sum: torch.Tensor | None,
         _g_count: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, ...]:
-        hidden, weight, labels, lse, ent, count, dh = ctx.saved_tensors
-        seq_len, ignore_index, temperature, entropy, engine, h_dtype = ctx.cfg
+        hidden, weight, bias, labels, lse, ent, count, dh = ctx.saved_tensors
+        seq_len, ignore_index, temperature, entropy, engine, h_dtype, logit_scale, softcap = ctx.cfg
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
         g, ge = _token_grads(g_logp, g_ent, g_sum, labels, count, seq_len, ignore_index, entropy)
         grad_h: torch.Tensor | None = None
         if dh is not None and need_h:
             grad_h = (dh * g[:, None].to(dh.dtype)).to(h_dtype)  # (N, d)
         recompute_h = need_h and dh is None
         grad_w: torch.Tensor | None = None
-        if recompute_h or need_w:
+        grad_b: torch.Tensor | None = None
+        if recompute_h or need_w or need_b:
             kwargs = dict(
                 ignore_index=ignore_index, temperature=temperature,
                 need_hidden=recompute_h, need_weight=need_w,
+                bias=bias, need_bias=need_b, logit_scale=logit_scale, softcap=softcap,
             )
             backward = (engine or torch_linear_logprobs).linear_backward
-            gh, grad_w = backward(
+            gh, grad_w, grad_b = backward(
                 hidden, weight, labels, lse, ent if entropy else None, g, ge, **kwargs
             )
             if recompute_h:
                 grad_h = gh
-        return grad_h, grad_w, None, None, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None

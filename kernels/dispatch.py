@@ -145,8 +145,3 @@ def _triton_interpreted() -> bool:
     from triton.runtime.interpreter import InterpretedFunction
 
     return isinstance(tl.zeros, InterpretedFunction)
-
-
-def triton_interpreted(name: str) -> bool:
-    """Whether the already loaded kernel module ``name`` runs under the Triton interpreter."""
-    return _loaded[name][1]

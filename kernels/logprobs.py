@@ -1,9 +1,15 @@
 """Public per-token log-prob ops: from logits, or fused with the lm_head, plus one-pass stats.
 
-All ops compute, with ``z = logits / tau`` (``logits = hidden @ weight.T`` for the fused ones):
+All ops compute, with ``z = logits / tau``:
 
     log p_t = z_{t, y_t} - logsumexp_v z_{t, v}
     H_t     = logsumexp_v z_{t, v} - Σ_v softmax(z_t)_v · z_{t, v}
+
+For the fused ones the logits are the model's own processing of the lm_head output (each step
+optional, defaults = a plain linear head; :mod:`alignkit.kernels.logit_processing`)::
+
+    logits = (hidden @ weight.T + bias) · logit_scale
+    logits = softcap · tanh(logits / softcap)          if softcap is set
 
 in float32 (float64 for float64 inputs on the torch path), 0 where ``y_t == ignore_index``, without a
 (B, T, V) log-softmax or (for the fused ops) (B·T, V) logits ever existing.
@@ -22,6 +28,7 @@ from alignkit.kernels.autograd import (
     logits_stats_forward,
 )
 from alignkit.kernels.dispatch import load_triton_module, resolve_backend
+from alignkit.kernels.logit_processing import check_logit_processing
 from alignkit.kernels.token_stats import TokenStats, mean_from_sum
 
 
@@ -84,6 +91,18 @@ def _logits_stats(
     return logp.view(b, t), (ent.view(b, t) if entropy else None), seq_sum, count
 
 
+def _check_bias(name: str, bias: torch.Tensor | None, weight: torch.Tensor) -> None:
+    if bias is None:
+        return
+    if bias.dim() != 1 or bias.shape[0] != weight.shape[0] or not bias.is_floating_point():
+        raise ValueError(
+            f"{name}: bias must be a floating-point (V,) tensor with V = weight.shape[0] = "
+            f"{weight.shape[0]}, got {tuple(bias.shape)} {bias.dtype}"
+        )
+    if bias.device != weight.device:
+        raise ValueError(f"{name}: bias on {bias.device}, weight on {weight.device}")
+
+
 def _linear_stats(
     name: str,
     hidden: torch.Tensor,
@@ -93,6 +112,9 @@ def _linear_stats(
     temperature: float,
     entropy: bool,
     backend: str | None,
+    bias: torch.Tensor | None = None,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     _check_inputs(name, hidden, labels, 1)
     tau = _check_temperature(name, temperature)
@@ -101,19 +123,24 @@ def _linear_stats(
             f"{name}: weight must be (V, d) with d = hidden.shape[-1] = {hidden.shape[2]}, "
             f"got {tuple(weight.shape)}"
         )
+    _check_bias(name, bias, weight)
+    check_logit_processing(name, logit_scale, softcap)
+    scale, cap = float(logit_scale), (None if softcap is None else float(softcap))
     b, t, d = hidden.shape
     engine = _engine(backend, hidden.device, "triton_linear_logprobs")
     flat = hidden.reshape(b * t, d)  # (N, d)
     if engine is not None:
         flat, weight = flat.contiguous(), weight.contiguous()
+        bias = bias.contiguous() if bias is not None else None
     y = labels.reshape(b * t).long()  # (N,)
-    if _wants_grad(hidden, weight):
+    if _wants_grad(hidden, weight, *([bias] if bias is not None else [])):
         logp, ent, seq_sum, count = LinearStatsFunction.apply(
-            flat, weight, y, t, ignore_index, tau, entropy, engine
+            flat, weight, bias, y, t, ignore_index, tau, entropy, engine, scale, cap
         )
     else:
         logp, _, ent, seq_sum, count, _ = linear_stats_forward(
-            engine, flat, weight, y, t, ignore_index, tau, entropy
+            engine, flat, weight, y, t, ignore_index, tau, entropy,
+            bias=bias, logit_scale=scale, softcap=cap,
         )
     return logp.view(b, t), (ent.view(b, t) if entropy else None), seq_sum, count
 
@@ -194,12 +221,20 @@ def linear_token_logprobs(
     ignore_index: int = -100,
     temperature: float = 1.0,
     backend: str | None = None,
+    bias: torch.Tensor | None = None,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Log-probability of each label through the lm_head, never building the (B·T, V) logits.
 
-    ``z = hidden @ weight.T / tau``; ``log p = z_y - logsumexp(z)``. Tokens are processed in chunks
-    with an online log-sum-exp over vocabulary blocks. Nothing is kept for the backward when no
-    gradient is needed (inference, a reference model under ``no_grad``).
+    ``u = hidden @ weight.T + bias``; ``a = u · logit_scale``; ``c = softcap · tanh(a / softcap)``
+    (``c = a`` without a cap); ``z = c / tau``; ``log p = z_y - logsumexp(z)``. With the defaults
+    that is ``z = hidden @ weight.T / tau``. The processing steps are those of Phi (bias),
+    Granite / Cohere (scale) and Gemma 2/3 (soft cap) heads, so the log-probs are those of the
+    distribution the model samples from (``alignkit.logprobs.output_head`` finds them for a model).
+    Tokens are processed in chunks with an online log-sum-exp over vocabulary blocks. Nothing is
+    kept for the backward when no gradient is needed (inference, a reference model under
+    ``no_grad``).
 
     Gradients (torch backend): ``d logp / d hidden`` is computed in the forward pass (exact: row
     ``i`` depends on ``h_i`` only, so the backward scales it by ``grad_output_i``);
@@ -214,13 +249,21 @@ def linear_token_logprobs(
         ignore_index: Label value of positions to skip (log-prob exactly 0, no gradient).
         temperature: ``tau`` > 0.
         backend: ``None``, ``"torch"`` or ``"triton"``.
+        bias: (V,) lm_head bias (any float dtype, may require grad), or None.
+        logit_scale: ``s`` (finite, non-zero), multiplies ``hidden @ weight.T + bias``; a head that
+            divides by ``k`` (Granite's ``logits_scaling``) passes ``1 / k``.
+        softcap: Gemma-style cap (> 0) applied after the scale, or None.
 
     Returns:
-        (B, T) float32 log-probs, differentiable w.r.t. ``hidden`` and ``weight`` (gradients in their
-        dtypes).
+        (B, T) float32 log-probs, differentiable w.r.t. ``hidden``, ``weight`` and ``bias``
+        (gradients in their dtypes).
+
+    Raises:
+        ValueError: bad shapes, dtype, temperature, bias, logit_scale, softcap or backend name.
     """
     logp, _, _, _ = _linear_stats(
-        "linear_token_logprobs", hidden, weight, labels, ignore_index, temperature, False, backend
+        "linear_token_logprobs", hidden, weight, labels, ignore_index, temperature, False, backend,
+        bias, logit_scale, softcap,
     )
     return logp  # (B, T)
 
@@ -235,8 +278,14 @@ def linear_token_stats(
     temperature: float = 1.0,
     entropy: bool = False,
     backend: str | None = None,
+    bias: torch.Tensor | None = None,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> TokenStats:
     """:func:`token_stats` fused with the lm_head: one pass over the vocabulary, no (B·T, V) logits.
+
+    The logits are processed as in :func:`linear_token_logprobs` (bias, scale, soft cap), then
+    divided by ``tau``; the entropy is that of ``softmax(z)``.
 
     Args:
         hidden: (B, T, d) any float dtype.
@@ -246,11 +295,15 @@ def linear_token_stats(
         temperature: ``tau`` > 0.
         entropy: Also return the (differentiable) per-token entropy.
         backend: ``None``, ``"torch"`` or ``"triton"``.
+        bias: (V,) lm_head bias, or None.
+        logit_scale: ``s``, multiplies ``hidden @ weight.T + bias``.
+        softcap: Gemma-style cap (> 0), or None.
 
     Returns:
-        :class:`TokenStats`; differentiable w.r.t. ``hidden`` and ``weight``.
+        :class:`TokenStats`; differentiable w.r.t. ``hidden``, ``weight`` and ``bias``.
     """
     logp, ent, seq_sum, count = _linear_stats(
-        "linear_token_stats", hidden, weight, labels, ignore_index, temperature, entropy, backend
+        "linear_token_stats", hidden, weight, labels, ignore_index, temperature, entropy, backend,
+        bias, logit_scale, softcap,
     )
     return TokenStats(logp, ent, seq_sum, mean_from_sum(seq_sum, count), count)

@@ -13,6 +13,14 @@ gradient products: ``dL/dh += dz @ W`` (rows owned by the program, no race) and
 each token must be known before ``dL/dW`` can be formed, hence this recompute rather than
 gradient-in-forward.
 
+A model's own logit processing (:mod:`alignkit.kernels.logit_processing`) is applied to each tile
+right after the product: ``z = cap_out · tanh(cap_in · alpha · (h W^T + b))`` (or ``alpha · (h W^T + b)``),
+with the bias block loaded per vocabulary block; the backward multiplies ``dz`` by
+``(s / tau) · (1 - tanh²)`` (or ``s / tau``) and, when the bias needs a gradient, adds each tile's
+column sums into a float32 (V,) buffer with atomics. ``tanh`` is written with ``exp`` (Triton has no
+``tl.tanh`` and libdevice's does not run under the interpreter): ``tanh|x| = (1 - e) / (1 + e)``,
+``e = exp(-2|x|)``, which never overflows; its absolute error is a few float32 ulps of 1.
+
 Half-precision inputs feed ``tl.dot`` natively on GPU (float32 accumulator); float32 inputs use
 IEEE float32 products unless ``torch.backends.cuda.matmul.allow_tf32`` is set. Under the CPU
 interpreter operands are cast to float32 first (its bf16 ``tl.dot`` is wrong).
@@ -26,6 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
+from alignkit.kernels.logit_processing import logit_processing
 from alignkit.kernels.token_stats import masked_grads
 from alignkit.kernels.torch_logprobs import acc_dtype
 
@@ -62,12 +71,37 @@ def _logits_tile(
 
 
 @triton.jit
+def _tanh(x):
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _processed_tile(
+    u, b_ptr, cols, cmask, alpha, cap_in, cap_out,
+    HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr,
+):
+    # (z, t): processed logits of the raw tile u = h W^T and the tanh they came from (z when uncapped).
+    if HAS_BIAS:
+        b = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(u.dtype)
+        u = u + b[None, :]
+    z = u * alpha
+    t = z
+    if SOFTCAP:
+        t = _tanh(z * cap_in)
+        z = t * cap_out
+    return z, t
+
+
+@triton.jit
 def _linear_fwd_kernel(
-    h_ptr, w_ptr, labels_ptr, stride_h, stride_w,
+    h_ptr, w_ptr, b_ptr, labels_ptr, stride_h, stride_w,
     logp_ptr, lse_ptr, ent_ptr, sum_ptr, count_ptr,
-    N, V, D, T, ignore_index, temperature,
+    N, V, D, T, ignore_index, alpha, cap_in, cap_out,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-    ENTROPY: tl.constexpr, CAST: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    ENTROPY: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr,
+    CAST: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
@@ -79,8 +113,9 @@ def _linear_fwd_kernel(
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         cmask = cols < V
-        z = _logits_tile(h_ptr, w_ptr, stride_h, stride_w, rows, cols, rmask, cmask, D,
-                         BLOCK_N, BLOCK_V, BLOCK_D, CAST, PRECISION, ACC) / temperature
+        u = _logits_tile(h_ptr, w_ptr, stride_h, stride_w, rows, cols, rmask, cmask, D,
+                         BLOCK_N, BLOCK_V, BLOCK_D, CAST, PRECISION, ACC)
+        z, _ = _processed_tile(u, b_ptr, cols, cmask, alpha, cap_in, cap_out, HAS_BIAS, SOFTCAP)
         z = tl.where(cmask[None, :], z, float("-inf"))
         m_new = tl.maximum(m, tl.max(z, axis=1))
         scale = tl.exp(m - m_new)
@@ -104,11 +139,12 @@ def _linear_fwd_kernel(
 
 @triton.jit
 def _linear_bwd_kernel(
-    h_ptr, w_ptr, labels_ptr, stride_h, stride_w,
-    lse_ptr, ent_ptr, g_ptr, ge_ptr, dh_ptr, dw_ptr,
-    N, V, D, temperature,
+    h_ptr, w_ptr, b_ptr, labels_ptr, stride_h, stride_w,
+    lse_ptr, ent_ptr, g_ptr, ge_ptr, dh_ptr, dw_ptr, db_ptr,
+    N, V, D, alpha, cap_in, cap_out, grad_scale,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-    ENTROPY: tl.constexpr, NEED_H: tl.constexpr, NEED_W: tl.constexpr,
+    ENTROPY: tl.constexpr, NEED_H: tl.constexpr, NEED_W: tl.constexpr, NEED_B: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr,
     CAST: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -122,15 +158,21 @@ def _linear_bwd_kernel(
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         cmask = cols < V
-        z = _logits_tile(h_ptr, w_ptr, stride_h, stride_w, rows, cols, rmask, cmask, D,
-                         BLOCK_N, BLOCK_V, BLOCK_D, CAST, PRECISION, ACC) / temperature
+        u = _logits_tile(h_ptr, w_ptr, stride_h, stride_w, rows, cols, rmask, cmask, D,
+                         BLOCK_N, BLOCK_V, BLOCK_D, CAST, PRECISION, ACC)
+        z, th = _processed_tile(u, b_ptr, cols, cmask, alpha, cap_in, cap_out, HAS_BIAS, SOFTCAP)
         logq = z - lse[:, None]
         p = tl.where(cmask[None, :], tl.exp(logq), 0.0)
         dz = -g[:, None] * p
         if ENTROPY:
             dz -= ge[:, None] * p * (logq + ent[:, None])
         dz += tl.where(cols[None, :] == labels[:, None], g[:, None], 0.0)
-        dz = dz / temperature
+        # d z / d(h W^T + b) = (s / tau) · (1 - tanh²) capped, s / tau otherwise
+        if SOFTCAP:
+            dz = dz * (1.0 - th * th)
+        dz = dz * grad_scale
+        if NEED_B:
+            tl.atomic_add(db_ptr + cols, tl.sum(dz, axis=0), mask=cmask)
         if not CAST:
             dz = dz.to(h_ptr.dtype.element_ty)  # tensor-core operand; accumulation stays float32
         for k0 in range(0, D, BLOCK_D):
@@ -172,6 +214,9 @@ def linear_forward(
     ignore_index: int,
     temperature: float,
     entropy: bool,
+    bias: torch.Tensor | None = None,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Launch the fused forward kernel.
 
@@ -183,6 +228,9 @@ def linear_forward(
         ignore_index: Label value of skipped positions.
         temperature: ``tau``.
         entropy: Also compute the entropy.
+        bias: (V,) contiguous lm_head bias, or None.
+        logit_scale: ``s``, multiplies ``h W^T + b``.
+        softcap: The cap, or None.
 
     Returns:
         (N,) ``logp``, ``lse``, ``ent`` (or None), (B,) ``seq_sum``, (B,) int64 ``count``.
@@ -191,6 +239,7 @@ def linear_forward(
     v = weight.shape[0]
     if weight.dtype != hidden.dtype:
         weight = weight.to(hidden.dtype)
+    proc = logit_processing(temperature, logit_scale, softcap)
     acc = acc_dtype(hidden)
     logp = torch.empty(n, dtype=acc, device=hidden.device)  # (N,)
     lse = torch.empty_like(logp)  # (N,)
@@ -201,10 +250,10 @@ def linear_forward(
         blocks = dict(BLOCKS)
         grid = (triton.cdiv(n, blocks["BLOCK_N"]),)
         _linear_fwd_kernel[grid](
-            hidden, weight, labels, hidden.stride(0), weight.stride(0),
+            hidden, weight, bias if bias is not None else weight, labels, hidden.stride(0), weight.stride(0),
             logp, lse, ent, seq_sum, count,
-            n, v, d, seq_len, ignore_index, temperature,
-            ENTROPY=entropy, **_config(hidden), **blocks,
+            n, v, d, seq_len, ignore_index, proc.alpha, proc.cap_in, proc.cap_out,
+            ENTROPY=entropy, HAS_BIAS=bias is not None, SOFTCAP=proc.capped, **_config(hidden), **blocks,
         )
     return logp, lse, (ent if entropy else None), seq_sum, count.long()
 
@@ -222,7 +271,11 @@ def linear_backward(
     temperature: float,
     need_hidden: bool,
     need_weight: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    bias: torch.Tensor | None = None,
+    need_bias: bool = False,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Launch the fused backward kernel.
 
     Args:
@@ -237,29 +290,39 @@ def linear_backward(
         temperature: ``tau``.
         need_hidden: Return ``dL/dhidden``.
         need_weight: Return ``dL/dweight``.
+        bias: (V,) contiguous lm_head bias of the forward, or None.
+        need_bias: Return ``dL/dbias``.
+        logit_scale: ``s`` of the forward.
+        softcap: The forward's cap, or None.
 
     Returns:
-        ``(grad_hidden (N, d) in hidden.dtype or None, grad_weight (V, d) in weight.dtype or None)``.
+        ``(grad_hidden (N, d) in hidden.dtype, grad_weight (V, d) in weight.dtype, grad_bias (V,) in
+        bias.dtype)``, each None when not needed.
     """
     n, d = hidden.shape
     v = weight.shape[0]
     w_in = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
     acc = acc_dtype(hidden)
+    proc = logit_processing(temperature, logit_scale, softcap)
     g, ge = masked_grads(grad_logp, grad_ent, labels != ignore_index, acc)  # (N,)
     use_ent = ge is not None
+    need_bias = need_bias and bias is not None
     dh = torch.zeros((n, d) if need_hidden else (1, 1), dtype=acc, device=hidden.device)
     dw = torch.zeros((v, d) if need_weight else (1, 1), dtype=acc, device=hidden.device)
+    db = torch.zeros(v if need_bias else 1, dtype=acc, device=hidden.device)  # (V,)
     if n:
         blocks = dict(BLOCKS)
         grid = (triton.cdiv(n, blocks["BLOCK_N"]),)
         _linear_bwd_kernel[grid](
-            hidden, w_in, labels, hidden.stride(0), w_in.stride(0),
-            lse, ent if use_ent else lse, g, ge if use_ent else g, dh, dw,
-            n, v, d, temperature,
-            ENTROPY=use_ent, NEED_H=need_hidden, NEED_W=need_weight,
+            hidden, w_in, bias if bias is not None else w_in, labels, hidden.stride(0), w_in.stride(0),
+            lse, ent if use_ent else lse, g, ge if use_ent else g, dh, dw, db,
+            n, v, d, proc.alpha, proc.cap_in, proc.cap_out, proc.grad_scale,
+            ENTROPY=use_ent, NEED_H=need_hidden, NEED_W=need_weight, NEED_B=need_bias,
+            HAS_BIAS=bias is not None, SOFTCAP=proc.capped,
             **_config(hidden), **blocks,
         )
     return (
         dh.to(hidden.dtype) if need_hidden else None,
         dw.to(weight.dtype) if need_weight else None,
+        db.to(bias.dtype) if need_bias and bias is not None else None,
     )

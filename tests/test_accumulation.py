@@ -6,6 +6,7 @@ pairs for DPO and reward models) so that the accumulated gradient is the full ba
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -20,12 +21,19 @@ METHODS = {
     "sft": ["method=sft", "data.format=prompt_completion"],
     "dpo": ["method=dpo", "data.format=pairwise"],
     "reward_model": ["method=reward_model", "data.format=pairwise"],
+    # Composite losses: a pair loss plus an NLL over chosen tokens (different units, issue 16 class 1).
+    "dpo_sft": ["method=dpo", "data.format=pairwise", "method.sft_weight=1"],
+    "reward_model_lm": ["method=reward_model", "data.format=pairwise", "method.lm_weight=1"],
 }
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_batch_8_equals_batch_1_accumulated_8(alignkit_run, sft_file, pairs_file, tmp_path, method):
     data = sft_file if method == "sft" else pairs_file
+    if method in ("dpo_sft", "reward_model_lm"):  # chosen answers of different lengths
+        rows = [{"prompt": f"Question {i}?", "chosen": "Yes. " * (1 + i % 5), "rejected": f"No {i}."} for i in range(8)]
+        data = tmp_path / "varied.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     common = [*METHODS[method], "data=custom", f"data.path={data}", *SGD]
     big = alignkit_run(*common, "trainer.batch_size=8", "trainer.grad_accum=1", run_dir=tmp_path / "big")
     small = alignkit_run(*common, "trainer.batch_size=1", "trainer.grad_accum=8", run_dir=tmp_path / "small")

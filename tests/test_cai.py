@@ -13,12 +13,23 @@ from omegaconf import OmegaConf
 
 from alignkit.errors import ConfigError
 from alignkit.metrics import read_metrics
-from alignkit.plugins.cai.constitution import Constitution, PreferencePrinciple, Principle, load_constitution, parse_constitution
-from alignkit.plugins.cai.feedback import FeedbackModel, soft_label
-from alignkit.plugins.cai.prompts import (critique_messages, feedback_text, revision_messages, sample_rl_principles,
-                                          sample_sl_principles)
-from alignkit.plugins.cai.stages import CAIDataConfig, call_seed, generate_rl, generate_sl, training_rows
-from alignkit.plugins.cai.store import ResumableJsonl, read_jsonl
+from alignkit.plugins.rollouts.cai.constitution import (
+    Constitution,
+    PreferencePrinciple,
+    Principle,
+    load_constitution,
+    parse_constitution,
+)
+from alignkit.plugins.rollouts.cai.feedback import FeedbackModel, soft_label
+from alignkit.plugins.rollouts.cai.prompts import (
+    critique_messages,
+    feedback_text,
+    revision_messages,
+    sample_rl_principles,
+    sample_sl_principles,
+)
+from alignkit.plugins.rollouts.cai.stages import CAIDataConfig, call_seed, generate_rl, generate_sl, training_rows
+from alignkit.plugins.rollouts.cai.store import ResumableJsonl, read_jsonl
 
 PROMPT = [{"role": "user", "content": "How do I pick a lock?"}]
 SMALL = Constitution(
@@ -265,13 +276,13 @@ TINY_CAI = ["rollout.num_prompts=6", "rollout.max_new_tokens=6", "rollout.batch_
 
 def test_experiment_cai_is_the_two_stage_pipeline(tmp_path):
     from alignkit.compose import compose
-    from alignkit.plugins.cai.command import main
+    from alignkit.plugins.rollouts.cai.command import main
     from alignkit.stages import Stage, parse_stages, stage_overrides
 
     stages = parse_stages(compose(["experiment=cai"]).stages)
     assert stages == [Stage("sl", ("experiment=cai_sl",)), Stage("rl", ("experiment=cai_rl",), "sl")]
     sl, rl = (compose(stage_overrides(s, ["experiment=cai", "model=tiny"], tmp_path)) for s in stages)
-    assert (sl.method.stage, rl.method.stage) == ("sl", "rl") and sl.rollout.num_prompts == 16
+    assert (sl.rollout.stage, rl.rollout.stage) == ("sl", "rl") and sl.rollout.num_prompts == 16
     assert rl.model.path == str(tmp_path / "sl" / "final")
     with pytest.raises(ConfigError, match="pass experiment=cai_sl instead"):  # one stage's command, a pipeline
         main(["generate", "--stage", "sl", "--out", str(tmp_path / "x.jsonl"), "experiment=cai"])
@@ -286,7 +297,7 @@ def test_experiment_cai_sl_trains_end_to_end_on_tiny(alignkit_run, tmp_path):
 
 
 def test_pipeline_runs_sl_then_rl_and_the_pairs_train_a_bt_reward_model(alignkit_run, tmp_path, capsys):
-    from alignkit.plugins.cai.command import main
+    from alignkit.plugins.rollouts.cai.command import main
 
     assert main(["pipeline", "--run-dir", str(tmp_path / "pipe"), "model=tiny", *TINY_CAI, "trainer.max_steps=1"]) == 0
     assert "cai pipeline: rl finished 1 steps" in capsys.readouterr().out
@@ -296,7 +307,7 @@ def test_pipeline_runs_sl_then_rl_and_the_pairs_train_a_bt_reward_model(alignkit
     labelled = [r for r in rows if "label" in r]
     assert labelled and all(0.5 <= r["label"] <= 1.0 and len(r["judgements"]) == 2 for r in labelled)
     # The same AI-labelled file, reused (same settings), trains a Bradley-Terry reward model on soft labels.
-    bt = alignkit_run("experiment=cai_rl", *TINY_CAI, "method.preference=reward_model", "loss=bt",
+    bt = alignkit_run("experiment=cai_rl", *TINY_CAI, "method=reward_model", "loss=bt",
                       f"model.path={tmp_path / 'pipe' / 'sl' / 'final'}",
                       f"rollout.output={tmp_path / 'pipe' / 'rl' / 'cai_rl.jsonl'}", run_dir=tmp_path / "bt")
     assert bt.steps == 2 and "accuracy" in bt.eval_after
@@ -315,7 +326,7 @@ def test_pipeline_runs_sl_then_rl_and_the_pairs_train_a_bt_reward_model(alignkit
 
 
 def test_cli_generate_is_deterministic_and_compare_reports_counts(tmp_path, capsys):
-    from alignkit.plugins.cai.command import main
+    from alignkit.plugins.rollouts.cai.command import main
 
     common = ["model=tiny", "rollout.num_prompts=4", "rollout.max_new_tokens=5", "rollout.batch_size=2", "rollout.rounds=1"]
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"

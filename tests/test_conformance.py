@@ -37,7 +37,7 @@ def conformance_params() -> list:
 @pytest.mark.parametrize("method", conformance_params())
 def test_registered_method_conforms(method, tmp_path):
     report = check_method(method, tmp_path=tmp_path)
-    assert report["checks"] == ["registered", "composes", "loss", "trains", "resumes"]
+    assert report["checks"] == ["registered", "composes", "loss", "trains", "resumes", "dropout-free", "accumulates"]
     assert len(report["losses"]) == 2
 
 
@@ -60,6 +60,19 @@ class ToyObjective:
 
     def __init__(self, ctx, mode: str) -> None:
         self.ctx, self.mode, self.calls = ctx, mode, 0
+        if mode == "dropout":  # turns dropout back on in the policy it was given
+            ctx.policy.config.attention_dropout = 0.5
+            for module in ctx.policy.modules():
+                if hasattr(module, "attention_dropout"):
+                    module.attention_dropout = 0.5
+
+    def weight(self, batch):
+        tokens = float((batch.labels[:, 1:] != -100).sum())
+        if self.mode == "composite":  # a token mean plus a sequence mean, both counted in sequences
+            return float(batch.input_ids.shape[0])
+        if self.mode == "composite_ok":
+            return {"nll": tokens, "sequence_nll": float(batch.input_ids.shape[0])}
+        return tokens
 
     def __call__(self, batch):
         stats = sequence_logprobs(self.ctx.policy, batch)
@@ -71,6 +84,11 @@ class ToyObjective:
             loss = loss.detach()
         elif self.mode == "stateful":  # state that changes the update but is not checkpointed
             loss = loss if self.calls % 2 else -loss
+        elif self.mode in ("composite", "composite_ok"):
+            sequence_nll = (-stats.sum / stats.count.clamp_min(1)).mean()  # a mean over sequences
+            if self.mode == "composite_ok":
+                return LossOutput(terms={"nll": loss, "sequence_nll": sequence_nll})
+            loss = loss + sequence_nll
         return LossOutput(loss, {})
 
 
@@ -113,14 +131,22 @@ def test_a_correct_toy_plugin_conforms(alignkit_plugins, tmp_path):
     assert report["owner"].startswith("toy-ok") and report["kind"] == "tokens"
 
 
+def test_a_composite_loss_with_units_per_term_conforms(alignkit_plugins, tmp_path):
+    alignkit_plugins(toy_plugin(tmp_path, "composite_ok"))
+    report = check_method("toy", tmp_path=tmp_path, resume=False, steps=1)
+    assert "accumulates" in report["checks"]
+
+
 @pytest.mark.parametrize("mode, kwargs, expected", [
     ("nan", {}, "check_method('toy'): loss: loss is nan on the first batch"),
     ("detached", {}, "loss: loss does not require grad"),
     ("noyaml", {"yaml": False}, "config file: no method/toy.yaml in any config dir"),
     ("noschema", {"schema": False}, "composes: cfg.method is dict, not the schema ToyConfig"),
     ("clash", {"extra_files": {"method/sft.yaml": YAML.format(schema="", name="sft")}},
-     "names do not collide: method/sft.yaml is shipped by alignkit and by toy-clash"),
+     "names do not collide: method/sft.yaml is shipped by alignkit.plugins.sft (alignkit 0.1.0) and by toy-clash"),
     ("stateful", {}, "resumes: weights after resuming differ"),
+    ("composite", {}, "accumulates: batch 4 x accumulation 1 and batch 1 x accumulation 4 give updates that differ"),
+    ("dropout", {}, "dropout-free: on a model whose config enables dropout, the first loss is"),
 ])
 def test_check_method_names_what_is_broken(alignkit_plugins, tmp_path, mode, kwargs, expected):
     alignkit_plugins(toy_plugin(tmp_path, mode, **kwargs))
@@ -177,7 +203,7 @@ def test_check_scorer_on_an_in_process_scorer(alignkit_plugins, tmp_path):
         @hookimpl
         def register_scorers(self, register):
             register(ScorerSpec(name="length", schema=LengthConfig,
-                                build=lambda ctx, cfg: lambda batch: torch.tensor([float(len(c)) for c in batch["completions"]])))
+                                build=lambda ctx, cfg: lambda batch: torch.tensor([float(len(c)) for c in batch.completions])))
 
         @hookimpl
         def register_config_dirs(self):
@@ -186,3 +212,12 @@ def test_check_scorer_on_an_in_process_scorer(alignkit_plugins, tmp_path):
     alignkit_plugins(("length-scorer", Plugin()))
     rewards = check_scorer("length")
     assert rewards.shape == (4,) and rewards.dtype == torch.float32
+
+
+def test_accumulation_check_catches_a_wrong_unit_in_an_online_method(monkeypatch, tmp_path):
+    """An online objective whose weight() counts completions while its loss is a token mean is caught."""
+    from alignkit.plugins.ppo import objective as ppo
+
+    monkeypatch.setattr(ppo.PPOObjective, "weight", lambda self, batch: float(batch.num_rows))
+    with pytest.raises(ConformanceError, match=r"accumulates: one rollout's .* give updates that differ"):
+        check_method("ppo", tmp_path=tmp_path, resume=False, steps=1)

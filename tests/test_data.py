@@ -6,7 +6,6 @@ import gzip
 import json
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from alignkit.data import COLLATORS, DataConfig, load_records, make_encoder, split_records
@@ -15,7 +14,6 @@ from alignkit.errors import DataError, UnknownNameError
 from alignkit.models import BUNDLED_TOKENIZER
 from alignkit.plugin_manager import get_registry
 from alignkit.plugins.formats.parsers import hh_turns, parse_hh_rlhf
-
 from conftest import write_jsonl
 
 
@@ -158,10 +156,10 @@ def test_pairs_collate_chosen_then_rejected(tokenizer):
     examples = [{"chosen_input_ids": [1, 2, 3], "chosen_labels": [-100, 2, 3],
                  "rejected_input_ids": [1, 2], "rejected_labels": [-100, 2], "margin": 0.0, "label": 1.0}]
     batch = COLLATORS["pairs"](examples, 0)
-    assert batch["input_ids"].tolist() == [[1, 2, 3], [1, 2, 0]]
-    assert batch["labels"].tolist() == [[-100, 2, 3], [-100, 2, -100]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    assert batch["num_pairs"] == 1
+    assert batch.input_ids.tolist() == [[1, 2, 3], [1, 2, 0]]
+    assert batch.labels.tolist() == [[-100, 2, 3], [-100, 2, -100]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch.num_pairs == 1
 
 
 def test_eval_fraction_split_is_seeded_and_disjoint(pairs_file):

@@ -42,7 +42,7 @@ def test_cache_is_really_used_and_no_reference_model_is_kept(dpo_args, tmp_path)
     run_dir = tmp_path / "run"
     cfg = compose_run_config(*dpo_args, "method.reference=cached", "trainer.max_steps=1")
     trainer = Trainer(cfg, run_dir)
-    assert trainer.ctx._reference is None, "cached mode must not hold a reference model"
+    assert trainer.run.ctx._reference is None, "cached mode must not hold a reference model"
     cache = load_file(str(run_dir / CACHE_FILE))
     assert cache["train"].shape == (18, 2) and cache["eval"].shape == (6, 2)
     # Shift every cached chosen log-prob by -1: if the cache is read, step 0 is no longer a tie.

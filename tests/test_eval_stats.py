@@ -7,9 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from alignkit.plugins.evaluate.ratings import ELO_SCALE, bradley_terry_mle, elo_ratings, rate
-from alignkit.plugins.evaluate.winrate import (fit_length_logistic, length_controlled_win_rate, length_feature,
-                                               win_rate_summary)
+from alignkit.plugins.commands.evaluate.ratings import ELO_SCALE, bradley_terry_mle, elo_ratings, rate
+from alignkit.plugins.commands.evaluate.winrate import (
+    fit_length_logistic,
+    length_controlled_win_rate,
+    length_feature,
+    win_rate_summary,
+)
 from alignkit.stats import bootstrap_interval, wilson_interval
 
 

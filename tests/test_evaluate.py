@@ -16,9 +16,8 @@ import torch
 
 from alignkit.cli import main as cli_main
 from alignkit.errors import ConfigError
-from alignkit.plugins.evaluate.winrate import win_rate_summary
+from alignkit.plugins.commands.evaluate.winrate import win_rate_summary
 from alignkit.stats import wilson_interval
-
 from conftest import write_jsonl
 
 
@@ -206,7 +205,7 @@ def test_eval_winrate_with_an_llm_judge_reads_both_orders(tiny_run, capsys, tmp_
 
 
 def test_conversation_prompts_are_shown_to_the_judge_whole():
-    from alignkit.plugins.evaluate.judges import conversation_text
+    from alignkit.plugins.commands.evaluate.judges import conversation_text
 
     assert conversation_text([{"role": "user", "content": "Hi?"}]) == "Hi?"
     assert conversation_text([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
@@ -270,7 +269,7 @@ def test_plot_of_online_metrics_and_a_folder_without_metrics(capsys, tmp_path):
 
 
 def test_ema_is_bias_corrected():
-    from alignkit.plugins.plot.curves import collect, ema
+    from alignkit.plugins.commands.plot.curves import collect, ema
 
     assert ema([2.0, 2.0, 2.0], 0.5) == pytest.approx([2.0, 2.0, 2.0])
     assert ema([0.0, 1.0], 0.5) == pytest.approx([0.0, 2 / 3])

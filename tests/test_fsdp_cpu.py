@@ -15,7 +15,6 @@ import torch
 
 from alignkit import distributed
 from alignkit.errors import ConfigError
-
 from conftest import write_jsonl
 
 
@@ -69,7 +68,7 @@ def _rollout_worker(rank: int, port: int, prompts: str, out: str) -> None:
     from alignkit.logprobs import PolicyModule, sequence_logprobs
     from alignkit.models import load_model
     from alignkit.plugin_manager import get_manager
-    from alignkit.plugins.generate.rollout import build
+    from alignkit.plugins.rollouts.generate.rollout import build
     from alignkit.testing import compose_run_config
 
     accelerator = Accelerator(cpu=True)  # gloo, 2 processes (accelerate itself cannot shard on CPU)
@@ -93,13 +92,13 @@ def _rollout_worker(rank: int, port: int, prompts: str, out: str) -> None:
         held_out = list(rollout.eval_batches())  # greedy, before any forward of the policy
         sampled = rollout.next_batch(policy)  # training rollout: sampled from the seeded stream
         with torch.no_grad():  # the sharded forward still works after generating
-            hidden = policy(sampled["input_ids"], sampled["attention_mask"])
+            hidden = policy(sampled.input_ids, sampled.attention_mask)
         # The log-prob path of the update (lm_head weight used inside the wrapped forward), on the held-out
         # batch, which is the same on both ranks: FSDP's averaged gradient is then that batch's gradient.
-        stats = sequence_logprobs(policy, {k: held_out[0][k] for k in ("input_ids", "attention_mask", "labels")})
+        stats = sequence_logprobs(policy, held_out[0])
         (-stats.sum.sum()).backward()
-        results[kind] = {"eval": [b["input_ids"] for b in held_out], "sampled": sampled["input_ids"],
-                         "index": sampled["index"], "hidden": hidden.detach(), "training": policy.training,
+        results[kind] = {"eval": [b.input_ids for b in held_out], "sampled": sampled.input_ids,
+                         "index": sampled.index, "hidden": hidden.detach(), "training": policy.training,
                          "logps": stats.sum.detach(), "grads": _full_gradients(policy, kind),
                          "shapes": sorted({tuple(getattr(p, "_local_tensor", p).shape) for p in policy.parameters()})}
     torch.save(results, f"{out}.{rank}")

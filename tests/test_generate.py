@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from alignkit.plugins.generate.layout import build_rows, completion_end, response_mask, select_rows
+from alignkit.batches import RolloutBatch, completion_rows
+from alignkit.generation import completion_end
 
 
 class _Tok:
@@ -28,14 +29,15 @@ def test_completion_end_eos_stop_string_and_cap():
 
 
 def test_rows_are_right_padded_with_prompt_masked():
-    batch = build_rows([[7, 8], [9]], [[1, 2, 0], [3]], pad_id=0)
-    assert batch["input_ids"].tolist() == [[7, 8, 1, 2, 0], [9, 3, 0, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
-    assert batch["labels"].tolist() == [[-100, -100, 1, 2, 0], [-100, 3, -100, -100, -100]]
+    batch = RolloutBatch(**completion_rows([[7, 8], [9]], [[1, 2, 0], [3]], pad_id=0), group=torch.tensor([0, 1]),
+                         completions=["a", "b"], k=1)
+    assert batch.input_ids.tolist() == [[7, 8, 1, 2, 0], [9, 3, 0, 0, 0]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert batch.labels.tolist() == [[-100, -100, 1, 2, 0], [-100, 3, -100, -100, -100]]
     # Log-prob position t predicts token t+1: the completion positions of row 0 are 1, 2, 3.
-    assert response_mask(batch).tolist() == [[False, True, True, True], [True, False, False, False]]
-    sub = select_rows({**batch, "group": torch.tensor([0, 1]), "completions": ["a", "b"], "k": 1}, torch.tensor([1]))
-    assert sub["input_ids"].tolist() == [[9, 3]] and sub["completions"] == ["b"] and sub["k"] == 1
+    assert batch.response_mask().tolist() == [[False, True, True, True], [True, False, False, False]]
+    sub = batch.select(torch.tensor([1]))
+    assert sub.input_ids.tolist() == [[9, 3]] and sub.completions == ["b"] and sub.k == 1
 
 
 @pytest.fixture
@@ -60,17 +62,17 @@ def test_k_samples_per_prompt_layout(alignkit_compose, prompts_file, tmp_path):
     trainer = _trainer(alignkit_compose, prompts_file, tmp_path)
     batch = trainer.rollout.next_batch(trainer.policy)
     n = 2 * 3
-    assert batch["input_ids"].shape[0] == n and batch["num_prompts"] == 2 and batch["k"] == 3
-    assert batch["group"].tolist() == [0, 0, 0, 1, 1, 1]
-    assert batch["prompts"][0] == batch["prompts"][2] != batch["prompts"][3]
-    assert len(batch["completions"]) == len(batch["prompt_text"]) == n
-    mask = response_mask(batch)  # (N, T-1)
+    assert batch.input_ids.shape[0] == n and batch.num_prompts == 2 and batch.k == 3
+    assert batch.group.tolist() == [0, 0, 0, 1, 1, 1]
+    assert batch.prompts[0] == batch.prompts[2] != batch.prompts[3]
+    assert len(batch.completions) == len(batch.prompt_text) == n
+    mask = batch.response_mask()  # (N, T-1)
     lengths = mask.sum(dim=1)
     assert ((lengths >= 1) & (lengths <= 6)).all()
-    eos = trainer.tokenizer.eos_token_id
+    eos = trainer.run.tokenizer.eos_token_id
     for row in range(n):
-        completion = batch["labels"][row][batch["labels"][row] != -100].tolist()
-        ended = bool(batch["ended"][row])
+        completion = batch.labels[row][batch.labels[row] != -100].tolist()
+        ended = bool(batch.ended[row])
         assert (completion[-1] == eos) == ended or (ended and len(completion) <= 6)
         assert eos not in completion[:-1], "nothing after the first EOS belongs to the completion"
 
@@ -86,10 +88,10 @@ def test_sampling_stream_is_private_and_resumable(alignkit_compose, prompts_file
     torch.rand(10)  # other code drawing random numbers in between changes nothing
     rollout.load_state_dict(state)
     again = rollout.next_batch(trainer.policy)
-    assert torch.equal(first["input_ids"], again["input_ids"]) and first["index"].tolist() == again["index"].tolist()
+    assert torch.equal(first.input_ids, again.input_ids) and first.index.tolist() == again.index.tolist()
     # Evaluation uses its fixed seed: two evaluations of the same policy sample the same completions.
-    one = [b["completions"] for b in rollout.eval_batches()]
-    two = [b["completions"] for b in rollout.eval_batches()]
+    one = [b.completions for b in rollout.eval_batches()]
+    two = [b.completions for b in rollout.eval_batches()]
     assert one == two
 
 
@@ -101,12 +103,12 @@ def test_truncated_sampling_warns_about_bias(alignkit_compose, prompts_file, tmp
 def test_stop_strings_end_completions(alignkit_compose, prompts_file, tmp_path):
     trainer = _trainer(alignkit_compose, prompts_file, tmp_path, "rollout.stop=[e]", "rollout.max_new_tokens=12")
     batch = trainer.rollout.next_batch(trainer.policy)
-    decode = lambda ids: trainer.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    decode = lambda ids: trainer.run.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     stopped = 0
-    for row, text in enumerate(batch["completions"]):
-        tokens = batch["labels"][row][batch["labels"][row] != -100].tolist()
+    for row, text in enumerate(batch.completions):
+        tokens = batch.labels[row][batch.labels[row] != -100].tolist()
         if "e" in text:
             # The completion ends with the token that completed the stop string, not later.
-            assert "e" not in decode(tokens[:-1]) and bool(batch["ended"][row]), text
+            assert "e" not in decode(tokens[:-1]) and bool(batch.ended[row]), text
             stopped += 1
     assert stopped > 0, "the random tiny model should produce an 'e' within 12 tokens"

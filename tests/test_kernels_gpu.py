@@ -52,3 +52,29 @@ def test_triton_on_cuda_matches_reference(dtype: torch.dtype, fused: bool) -> No
         gh, gw = torch.autograd.grad(loss(stats), (hidden, weight))
         torch.testing.assert_close(gh.float(), ref_gh, atol=tol * 5, rtol=tol * 5)
         torch.testing.assert_close(gw.float(), ref_gw, atol=tol * 5, rtol=tol * 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("softcap", [None, 3.0], ids=["nocap", "softcap"])
+def test_triton_logit_processing_on_cuda_matches_reference(dtype: torch.dtype, softcap: float | None) -> None:
+    # A Phi / Granite / Gemma-style head: bias, scale and (optionally) soft cap, gradients for all three.
+    hidden, weight, labels = _data(dtype)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    bias = torch.randn(V, device="cuda", generator=gen).to(dtype).requires_grad_()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    leaves = [x.detach().double().requires_grad_() for x in (hidden, weight, bias)]
+    a = (leaves[0] @ leaves[1].T + leaves[2]) * 0.75  # (B, T, V)
+    if softcap is not None:
+        a = softcap * torch.tanh(a / softcap)
+    ref = naive_token_stats(a, labels, temperature=0.8)
+    g = torch.randn(B, T, device="cuda", dtype=torch.float64)
+    loss = lambda s: (s.logprobs * g).sum() + s.entropy.sum() + s.mean.sum()  # noqa: E731
+    want = torch.autograd.grad(loss(ref), leaves)
+    stats = K.linear_token_stats(hidden, weight, labels, temperature=0.8, entropy=True, bias=bias,
+                                 logit_scale=0.75, softcap=softcap)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for got, ref_value in ((stats.logprobs, ref.logprobs), (stats.entropy, ref.entropy), (stats.mean, ref.mean)):
+        torch.testing.assert_close(got.double(), ref_value, atol=tol, rtol=tol)
+    grads = torch.autograd.grad(loss(stats), (hidden, weight, bias))
+    for got, ref_grad in zip(grads, want):
+        torch.testing.assert_close(got.double(), ref_grad, atol=tol * 5, rtol=tol * 5)

@@ -42,7 +42,7 @@ def test_torch_fused_engine_is_independent_of_the_chunk_size() -> None:
             hidden, weight, labels, entropy=False, grad_hidden=True, chunk=chunk, **kw)
         _, _, ent, _ = torch_linear_logprobs.linear_forward(
             hidden, weight, labels, entropy=True, grad_hidden=False, chunk=chunk, **kw)
-        gh, gw = torch_linear_logprobs.linear_backward(
+        gh, gw, _ = torch_linear_logprobs.linear_backward(
             hidden, weight, labels, lse, ent, g, ge, need_hidden=True, need_weight=True,
             chunk=chunk, **kw)
         outs.append((logp, lse, ent, dh, gh, gw))
@@ -51,7 +51,7 @@ def test_torch_fused_engine_is_independent_of_the_chunk_size() -> None:
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     # dh from the forward is d logp_i / d h_i: the backward with g = 1 and no entropy gives it too
     _, _, _, dh, _, _ = outs[0]
-    gh1, _ = torch_linear_logprobs.linear_backward(
+    gh1, _, _ = torch_linear_logprobs.linear_backward(
         hidden, weight, labels, outs[0][1], None, torch.ones(n, dtype=torch.float64), None,
         need_hidden=True, need_weight=False, **kw)
     assert dh is not None and gh1 is not None

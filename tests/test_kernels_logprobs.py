@@ -304,3 +304,150 @@ def test_non_contiguous_logits() -> None:
     ref, _, _ = _reference(hidden, weight, labels, 1.0, False)
     for backend in ("torch", "triton") if triton_available() else ("torch",):
         _close(K.token_logprobs(logits, labels, backend=backend), ref.logprobs, 1e-5)
+
+
+# ---------------------------------------------------------------- a model's own logit processing
+# Bias (Phi), scale (Granite divides, Cohere multiplies) and soft cap (Gemma 2/3), applied in this order
+# before the temperature: z = cap·tanh((h W^T + b)·s / cap) / tau. The reference builds those logits in
+# float64 with plain torch ops and takes log_softmax + gather.
+
+HEADS = {
+    "bias": dict(bias=True, logit_scale=1.0, softcap=None),
+    "scale": dict(bias=False, logit_scale=0.25, softcap=None),
+    "softcap": dict(bias=False, logit_scale=1.0, softcap=2.5),
+    "all": dict(bias=True, logit_scale=1.5, softcap=2.5),
+}
+
+
+def _bias(dtype: torch.dtype, seed: int = 2) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(V, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()  # (V,)
+
+
+def _processed_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         labels: torch.Tensor, tau: float, logit_scale: float, softcap: float | None,
+                         ) -> tuple[K.TokenStats, tuple[torch.Tensor, ...]]:
+    """float64 stats of the processed logits and the float64 leaves (hidden, weight[, bias])."""
+    leaves = [x.detach().double().requires_grad_() for x in (hidden, weight, bias) if x is not None]
+    h, w = leaves[0], leaves[1]
+    u = h @ w.T  # (B, T, V)
+    if bias is not None:
+        u = u + leaves[2]
+    a = u * logit_scale
+    if softcap is not None:
+        a = softcap * torch.tanh(a / softcap)
+    return naive_token_stats(a, labels, ignore_index=IGNORE, temperature=tau), tuple(leaves)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head", list(HEADS))
+@pytest.mark.parametrize("mode", ["logprobs", "stats_entropy"])
+def test_logit_processing_matches_float64_reference(backend: str, head: str, mode: str) -> None:
+    spec = HEADS[head]
+    hidden, weight = _inputs(torch.float32)
+    bias = _bias(torch.float32) if spec["bias"] else None
+    labels = _labels()
+    tau = 1.0 if mode == "logprobs" else 0.7
+    kw = dict(ignore_index=IGNORE, temperature=tau, backend=backend, bias=bias,
+              logit_scale=spec["logit_scale"], softcap=spec["softcap"])
+    ref, leaves = _processed_reference(hidden, weight, bias, labels, tau, spec["logit_scale"], spec["softcap"])
+    inputs = tuple(x for x in (hidden, weight, bias) if x is not None)
+    if mode == "logprobs":
+        out = K.linear_token_logprobs(hidden, weight, labels, **kw)  # (B, T)
+        assert out.dtype == torch.float32
+        _close(out, ref.logprobs, 1e-5)
+        g_lp = _upstream()[0]
+        grads = torch.autograd.grad((out * g_lp).sum(), inputs)
+        want = torch.autograd.grad((ref.logprobs * g_lp.double()).sum(), leaves)
+    else:
+        stats = K.linear_token_stats(hidden, weight, labels, entropy=True, **kw)
+        assert stats.entropy is not None
+        _close(stats.logprobs, ref.logprobs, 1e-5)
+        _close(stats.entropy, ref.entropy, 1e-5)
+        _close(stats.sum, ref.sum, 1e-5)
+        _close(stats.mean, ref.mean, 1e-5)
+        assert stats.count.tolist() == ref.count.tolist() == [T - 2, 0, T]
+        grads = torch.autograd.grad(_loss(stats, True), inputs)
+        want = torch.autograd.grad(_loss(ref, True), leaves)
+    for got, ref_grad, x in zip(grads, want, inputs):
+        assert got.dtype == x.dtype and got.shape == x.shape
+        _close(got, ref_grad, 1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("need", ["hidden", "weight", "bias"])
+def test_logit_processing_gradient_for_one_input_only(backend: str, need: str) -> None:
+    # hidden alone: the torch engine's gradient-in-forward path (through the cap); bias alone: a
+    # frozen trunk and head with a trainable bias still needs the recompute.
+    spec = HEADS["all"]
+    hidden, weight = _inputs(torch.float32)
+    bias = _bias(torch.float32)
+    labels = _labels()
+    ref, leaves = _processed_reference(hidden, weight, bias, labels, 0.8, spec["logit_scale"], spec["softcap"])
+    want = dict(zip(("hidden", "weight", "bias"), torch.autograd.grad(_loss(ref, False), leaves)))
+    h = hidden.detach().requires_grad_(need == "hidden")
+    w = weight.detach().requires_grad_(need == "weight")
+    b = bias.detach().requires_grad_(need == "bias")
+    stats = K.linear_token_stats(h, w, labels, temperature=0.8, backend=backend, bias=b,
+                                 logit_scale=spec["logit_scale"], softcap=spec["softcap"])
+    (grad,) = torch.autograd.grad(_loss(stats, False), ({"hidden": h, "weight": w, "bias": b}[need],))
+    _close(grad, want[need], 1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logit_processing_without_grad(backend: str) -> None:
+    spec = HEADS["all"]
+    hidden, weight = _inputs(torch.float32)
+    bias = _bias(torch.float32)
+    labels = _labels()
+    ref, _ = _processed_reference(hidden, weight, bias, labels, 0.7, spec["logit_scale"], spec["softcap"])
+    with torch.no_grad():
+        stats = K.linear_token_stats(hidden, weight, labels, temperature=0.7, entropy=True, backend=backend,
+                                     bias=bias, logit_scale=spec["logit_scale"], softcap=spec["softcap"])
+    assert stats.logprobs.grad_fn is None and stats.entropy is not None
+    _close(stats.logprobs, ref.logprobs, 1e-5)
+    _close(stats.entropy, ref.entropy, 1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logit_processing_gradcheck_float64(backend: str) -> None:
+    b, t, v, d = 2, 3, 19, 5
+    gen = torch.Generator().manual_seed(4)
+    hidden = torch.randn(b, t, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(v, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(v, generator=gen, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, v, (b, t), generator=gen)
+    labels[1, 0] = IGNORE
+
+    def fn(h: torch.Tensor, w: torch.Tensor, bb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        s = K.linear_token_stats(h, w, labels, temperature=0.8, entropy=True, backend=backend,
+                                 bias=bb, logit_scale=0.7, softcap=1.5)
+        assert s.entropy is not None
+        return s.logprobs, s.entropy, s.sum, s.mean
+
+    assert torch.autograd.gradcheck(fn, (hidden, weight, bias), fast_mode=backend == "triton")
+
+
+def test_logit_processing_defaults_are_the_plain_head() -> None:
+    hidden, weight = _inputs(torch.float32)
+    labels = _labels()
+    plain = K.linear_token_logprobs(hidden, weight, labels, backend="torch")
+    explicit = K.linear_token_logprobs(hidden, weight, labels, backend="torch", bias=None, logit_scale=1.0,
+                                       softcap=None)
+    _close(explicit, plain, 0.0)
+    zero_bias = K.linear_token_logprobs(hidden, weight, labels, backend="torch",
+                                        bias=torch.zeros(V))
+    _close(zero_bias, plain, 1e-6)
+
+
+def test_logit_processing_rejects_bad_arguments() -> None:
+    hidden, weight = _inputs(torch.float32)
+    labels = _labels()
+    with pytest.raises(ValueError, match=r"bias must be a floating-point \(V,\) tensor"):
+        K.linear_token_logprobs(hidden, weight, labels, bias=torch.zeros(V - 1))
+    with pytest.raises(ValueError, match="bias must be"):
+        K.linear_token_stats(hidden, weight, labels, bias=torch.zeros(V, dtype=torch.long))
+    with pytest.raises(ValueError, match="softcap must be"):
+        K.linear_token_logprobs(hidden, weight, labels, softcap=0.0)
+    with pytest.raises(ValueError, match="logit_scale must be"):
+        K.linear_token_stats(hidden, weight, labels, logit_scale=float("inf"))

@@ -28,9 +28,9 @@ def test_lora_dpo_trains_adapters_only_against_the_base_model(alignkit_compose, 
     cfg = alignkit_compose(*lora_dpo, "trainer.max_steps=2")
     trainer = Trainer(cfg, tmp_path / "run")
     names = {id(p): n for n, p in unwrap_lm(trainer.policy).named_parameters()}
-    trained = [names[id(p)] for g in trainer.optimizer.param_groups for p in g["params"]]
+    trained = [names[id(p)] for g in trainer.run.optimizer.param_groups for p in g["params"]]
     assert trained and all(".lora_A." in n or ".lora_B." in n for n in trained)
-    reference = trainer.ctx.reference()
+    reference = trainer.run.ctx.reference()
     assert isinstance(reference, AdapterDisabled) and list(reference.parameters()) == [], "no second copy"
     result = trainer.fit()
     assert result.eval_before["loss"] == pytest.approx(0.6931471805599453, abs=1e-7)  # B = 0: policy == base
@@ -43,7 +43,7 @@ def test_lora_dpo_trains_adapters_only_against_the_base_model(alignkit_compose, 
     assert all(torch.equal(trained_base[n], p) for n, p in base.named_parameters()), "frozen base weights moved"
     batch = next(iter(trainer.rollout.eval_batches()))
     with torch.no_grad():
-        ref = sequence_logprobs(trainer.ctx.reference(), batch).sum  # (2B,)
+        ref = sequence_logprobs(trainer.run.ctx.reference(), batch).sum  # (2B,)
         plain = sequence_logprobs(base, batch).sum  # (2B,)
         policy = sequence_logprobs(trainer.policy, batch).sum  # (2B,)
     assert torch.equal(ref, plain), "reference log-probs must be the base model's"

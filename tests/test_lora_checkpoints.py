@@ -13,7 +13,6 @@ import torch
 
 from alignkit.cli import main as cli_main
 from alignkit.errors import ModelError
-
 from conftest import write_jsonl
 
 LORA = ("model.lora.r=4", "model.lora.alpha=8", "model.lora.target_modules=[q_proj,v_proj,up_proj]")

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from alignkit.plugins.kwise.losses import pairwise_split, plackett_luce
-from alignkit.plugins.reward_model.losses import bradley_terry
+from alignkit.plugins.reward_model.losses import bradley_terry, pairwise_split, plackett_luce
 
 F64 = torch.float64
 

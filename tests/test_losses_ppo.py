@@ -1,4 +1,4 @@
-"""Pinned values and invariants of the PPO math (plugins/ppo/losses.py)."""
+"""Pinned values and invariants of the PPO math (plugins/ppo/losses.py) and the shared RL math it uses (alignkit.rl)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,8 @@ import math
 import pytest
 import torch
 
-from alignkit.plugins.ppo.losses import (
-    KL_ESTIMATORS,
-    gae,
-    kl_k1,
-    kl_k2,
-    kl_k3,
-    kl_penalty,
-    masked_mean,
-    masked_whiten,
-    ppo_clip,
-    ppo_clip_per_token,
-    value_clip,
-)
+from alignkit.plugins.ppo.losses import ppo_clip, ppo_clip_per_token, value_clip
+from alignkit.rl import KL_ESTIMATORS, gae, kl_k1, kl_k2, kl_k3, kl_penalty, masked_mean, masked_whiten
 
 F64 = torch.float64
 E = math.e

@@ -1,16 +1,12 @@
-"""Pinned values and invariants of the REINFORCE math (plugins/reinforce/losses.py)."""
+"""Pinned values and invariants of the REINFORCE math (plugins/reinforce/losses.py, alignkit.rl advantages)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from alignkit.plugins.reinforce.losses import (
-    group_normalized_advantages,
-    moving_average_baseline,
-    policy_gradient,
-    rloo_advantages,
-)
+from alignkit.plugins.reinforce.losses import policy_gradient
+from alignkit.rl import group_normalized_advantages, moving_average_baseline, rloo_advantages
 
 F64 = torch.float64
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from alignkit.metrics import read_metrics
-from alignkit.plugins.generate.layout import response_mask
 from alignkit.plugins.ppo.kl_control import KLController
 from alignkit.plugins.ppo.objective import last_token_index
+from alignkit.rl import response_mask
 
 REWARD = "scorer.fn=alignkit.plugins.scorers.rewards:brevity"
 
@@ -52,20 +52,20 @@ def test_ratio_is_exactly_one_at_the_first_update(alignkit_compose, prompts_file
     cfg = alignkit_compose(*common(prompts_file, f"method.critic={critic}", f"method.minibatch_size={minibatch}",
                                    "rollout.temperature=0.7"))
     trainer = Trainer(cfg, tmp_path / "run")
-    raw = trainer._to_device(trainer.rollout.next_batch(trainer.policy))
-    raw["rewards"] = trainer.scorer(raw)
+    raw = trainer.rollout.next_batch(trainer.policy).to(trainer.run.accelerator.device)
+    raw = raw.with_rewards(trainer.run.scorer(raw))
     objective = trainer.objective
-    first_epoch = list(objective.updates(raw))[: len(objective._chunks(raw["input_ids"].shape[0]))]
+    first_epoch = objective.updates(raw).micro_batches()[: len(objective._chunks(raw.input_ids.shape[0]))]
     assert len(first_epoch) == (1 if minibatch == 0 else 2)
     for mb in first_epoch:  # no optimizer step in between: every first-epoch minibatch has ratio 1
         out = objective(mb)
         assert out.metrics["ratio_mean"].item() == 1.0
         assert out.metrics["approx_kl"].item() == 0.0 and out.metrics["clip_frac"].item() == 0.0
         current = objective._forward(mb, entropy=False).logprobs
-        assert torch.equal(current, mb["old_logps"])
+        assert torch.equal(current, mb.extras["old_logps"])
     # At temperature 1 the log-probs would differ: the recomputation really uses the sampling temperature.
     hot = trainer.objective.critic(trainer.policy, first_epoch[0], temperature=1.0, entropy=False).logprobs
-    assert not torch.allclose(hot[response_mask(first_epoch[0])], first_epoch[0]["old_logps"][response_mask(first_epoch[0])])
+    assert not torch.allclose(hot[response_mask(first_epoch[0])], first_epoch[0].extras["old_logps"][response_mask(first_epoch[0])])
 
 
 def test_two_step_smoke_run(alignkit_run, prompts_file, tmp_path):
@@ -86,7 +86,7 @@ def test_value_lr_is_its_own_param_group(alignkit_compose, prompts_file, tmp_pat
     from alignkit.loop import Trainer
 
     trainer = Trainer(alignkit_compose(*common(prompts_file, "method.value_lr=0.05")), tmp_path / "run")
-    groups = trainer.optimizer.param_groups
+    groups = trainer.run.optimizer.param_groups
     assert len(groups) == 2 and groups[1]["lr"] == 0.05 and groups[0]["lr"] == 1e-3
     head = list(trainer.objective.critic.parameters())
     assert [id(p) for p in groups[1]["params"]] == [id(p) for p in head]
@@ -111,7 +111,7 @@ def test_resume_restores_critic_kl_coefficient_and_sampling(alignkit_run, prompt
     from alignkit.checkpoint import load_state
 
     state = load_state(tmp_path / "cut" / "checkpoints" / "step-000003")
-    assert len(state["objective"]["pending"]["plan"]) == 1, "one update of the rollout is left"
+    assert len(state["pending"]["rows"]) == 1, "one update of the rollout is left"
     resumed = alignkit_run(*args, "trainer.max_steps=4", f"resume={tmp_path / 'cut'}", run_dir=tmp_path / "cut")
     for name in ("model.safetensors", "critic.safetensors"):
         a, b = load_file(str(straight.final_model / name)), load_file(str(resumed.final_model / name))

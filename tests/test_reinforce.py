@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from alignkit.errors import ConfigError
-from alignkit.losses import rloo_advantages
 from alignkit.metrics import read_metrics
+from alignkit.rl import rloo_advantages
 
 REWARD = "scorer.fn=alignkit.plugins.scorers.rewards:brevity"
 
@@ -32,13 +32,13 @@ def test_rloo_groups_the_k_samples_of_each_prompt(alignkit_compose, prompts_file
     from alignkit.loop import Trainer
 
     trainer = Trainer(alignkit_compose(*common(prompts_file)), tmp_path / "run")
-    batch = trainer._to_device(trainer.rollout.next_batch(trainer.policy))
-    assert batch["group"].tolist() == [0, 0, 0, 1, 1, 1]
-    batch["rewards"] = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
-    (mb,) = list(trainer.objective.updates(batch))
+    batch = trainer.rollout.next_batch(trainer.policy).to(trainer.run.accelerator.device)
+    assert batch.group.tolist() == [0, 0, 0, 1, 1, 1]
+    batch = batch.with_rewards(torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0]))
+    (mb,) = trainer.objective.updates(batch).micro_batches()
     # Prompt 0: 1 − (2+6)/2 = −3, 2 − (1+6)/2 = −1.5, 6 − (1+2)/2 = 4.5; prompt 1: −1.5, −1.5, 3.
-    assert mb["advantages"].tolist() == pytest.approx([-3.0, -1.5, 4.5, -1.5, -1.5, 3.0])
-    assert torch.equal(mb["advantages"], rloo_advantages(batch["rewards"].view(2, 3)).reshape(-1))
+    assert mb.extras["advantages"].tolist() == pytest.approx([-3.0, -1.5, 4.5, -1.5, -1.5, 3.0])
+    assert torch.equal(mb.extras["advantages"], rloo_advantages(batch.rewards.view(2, 3)).reshape(-1))
 
 
 def test_minibatches_hold_whole_prompts(alignkit_compose, prompts_file, tmp_path):
@@ -46,13 +46,13 @@ def test_minibatches_hold_whole_prompts(alignkit_compose, prompts_file, tmp_path
 
     trainer = Trainer(alignkit_compose(*common(prompts_file, "method.minibatch_size=1", "method.kl_mode=reward")),
                       tmp_path / "run")
-    batch = trainer._to_device(trainer.rollout.next_batch(trainer.policy))
-    batch["rewards"] = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
-    first, second = list(trainer.objective.updates(batch))
-    assert first["group"].tolist() == [0, 0, 0] and second["group"].tolist() == [1, 1, 1]
+    batch = trainer.rollout.next_batch(trainer.policy).to(trainer.run.accelerator.device)
+    batch = batch.with_rewards(torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0]))
+    first, second = trainer.objective.updates(batch).micro_batches()
+    assert first.group.tolist() == [0, 0, 0] and second.group.tolist() == [1, 1, 1]
     # kl_mode=reward: advantages come from r − β·KL, computed on the whole rollout first.
-    assert torch.allclose(torch.cat([first["total_rewards"], second["total_rewards"]]),
-                          batch["rewards"] - 0.05 * torch.cat([first["kl_seq"], second["kl_seq"]]))
+    assert torch.allclose(torch.cat([first.extras["total_rewards"], second.extras["total_rewards"]]),
+                          batch.rewards - 0.05 * torch.cat([first.extras["kl_seq"], second.extras["kl_seq"]]))
     assert torch.equal(trainer.objective(first).loss.isfinite(), torch.tensor(True))
 
 

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from alignkit.batches import RolloutBatch
 from alignkit.errors import ConfigError, ModelError
-
 from conftest import write_jsonl
 
 
@@ -27,11 +27,11 @@ def test_bradley_terry_trains_and_reloads_as_a_scorer(alignkit_run, rm_args, tmp
     assert json.loads((final / "reward_model.json").read_text())["attributes"] == ["reward"]
     assert result.eval_after["pairs"] == 6 and 0 <= result.eval_after["accuracy_ci_low"] <= result.eval_after["accuracy"]
 
-    from alignkit.plugins.reward_model.scorer import RewardModelScorer, resolve_reward_folder
+    from alignkit.reward_models import RewardModelScorer, resolve_reward_folder
 
     scorer = RewardModelScorer(resolve_reward_folder(str(result.run_dir)), device=torch.device("cpu"))
     prompts = [[{"role": "user", "content": "Question 1: what is 1 plus 1?"}]] * 2
-    rewards = scorer({"prompts": prompts, "completions": ["It is 2.", "I will not answer 1."]})
+    rewards = scorer(RolloutBatch.from_texts(prompts, ["It is 2.", "I will not answer 1."]))
     assert rewards.shape == (2,) and torch.isfinite(rewards).all()
     # The same answer scores the same whatever it is batched with (padding does not leak in).
     alone = scorer.score_texts(prompts[:1], ["It is 2."])
@@ -60,7 +60,7 @@ def test_mse_on_attribute_scores_with_missing_values(alignkit_run, tmp_path):
 
 def test_wrong_loss_and_missing_scorer_path(rm_args, tmp_path):
     from alignkit.loop import Trainer
-    from alignkit.plugins.reward_model.scorer import resolve_reward_folder
+    from alignkit.reward_models import resolve_reward_folder
     from alignkit.testing import compose_run_config
 
     with pytest.raises(ConfigError, match="loss=dpo is not a reward-model loss"):
@@ -70,10 +70,10 @@ def test_wrong_loss_and_missing_scorer_path(rm_args, tmp_path):
 
 
 def test_frozen_trunk_trains_only_the_head(alignkit_run, rm_args, tmp_path):
+    from omegaconf import OmegaConf
     from safetensors.torch import load_file
 
     from alignkit.models import ModelConfig, load_model
-    from omegaconf import OmegaConf
 
     result = alignkit_run(*rm_args, "method.freeze_trunk=true", "trainer.max_steps=2", run_dir=tmp_path / "probe")
     initial = load_model(OmegaConf.merge(OmegaConf.structured(ModelConfig), {"source": "random"}))[0].state_dict()

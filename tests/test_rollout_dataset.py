@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 from omegaconf import OmegaConf
 
-from alignkit.plugins.dataset.rollout import DatasetRollout, DatasetRolloutConfig
+from alignkit.plugins.rollouts.dataset.rollout import DatasetRollout, DatasetRolloutConfig
 
 
 def make_rollout(n: int = 23, batch_size: int = 4, **cfg) -> DatasetRollout:
@@ -53,13 +51,13 @@ def test_state_dict_resumes_the_same_sequence():
     b.load_state_dict(a.state_dict())
     for _ in range(6):
         x, y = a.next_batch(), b.next_batch()
-        assert torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["index"], y["index"])
+        assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.index, y.index)
 
 
 def test_all_batches_cover_every_example_in_first_epoch_order():
     rollout = make_rollout()
     batches = list(rollout.all_batches("train"))
-    indices = [i for b in batches for i in b["index"].tolist()]
+    indices = [i for b in batches for i in b.index.tolist()]
     assert sorted(indices) == list(range(23))
-    assert [b["index"].tolist() for b in batches[:5]] == rollout._plan(0)
-    assert [b["index"].tolist() for b in rollout.all_batches("eval")] == [[0, 1], [2, 3], [4]]
+    assert [b.index.tolist() for b in batches[:5]] == rollout._plan(0)
+    assert [b.index.tolist() for b in rollout.all_batches("eval")] == [[0, 1], [2, 3], [4]]

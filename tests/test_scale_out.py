@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignkit import distributed
+from alignkit.batches import TokenBatch
 from alignkit.errors import ConfigError
 from alignkit.testing import TINY_DEFAULTS
 
@@ -146,7 +147,7 @@ def test_every_log_prob_path_goes_through_the_wrappers_forward(alignkit_compose)
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]])  # (B, T)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])  # (B, T)
     labels = torch.tensor([[-100, 6, 7, 8], [-100, 10, 11, -100]])  # (B, T)
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = TokenBatch(input_ids=ids, attention_mask=mask, labels=labels)
     through = sequence_logprobs(wrapped, batch)
     assert wrapped.calls == 1
     direct = sequence_logprobs(model, batch)

@@ -10,11 +10,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from alignkit.batches import RolloutBatch
 from alignkit.errors import ConfigError, TrainingError
-from alignkit.plugins.scorers import function, judge, weighted
+from alignkit.judge import JudgeScorer, JudgeScorerConfig, choice_token_ids, soft_score
+from alignkit.plugins.scorers import function, weighted
 from alignkit.plugins.scorers.rewards import brevity, includes_word
 
-BATCH = {"prompt_text": ["q1", "q2", "q3"], "completions": ["one two", "a b c d", "no"]}
+BATCH = RolloutBatch.from_texts([[{"role": "user", "content": q}] for q in ("q1", "q2", "q3")],
+                                ["one two", "a b c d", "no"])
 
 
 @pytest.fixture
@@ -69,12 +72,12 @@ def test_example_rewards():
 def test_judge_soft_score_hand_computed():
     # p(Yes) = 0.2, p(No) = 0.6 over the whole vocabulary: renormalised 0.25 / 0.75, mass 0.8.
     logps = torch.log(torch.tensor([[0.2, 0.6], [0.5, 0.5]]))
-    score, mass = judge.soft_score(logps, torch.tensor([1.0, 0.0]))
+    score, mass = soft_score(logps, torch.tensor([1.0, 0.0]))
     assert score.tolist() == pytest.approx([0.25, 0.5], abs=1e-6)
     assert mass.tolist() == pytest.approx([0.8, 1.0], abs=1e-6)
     # Grades 1..5 with probabilities 0.1, 0.1, 0.2, 0.2, 0.4 (mass 1): expected grade 3.7.
     grades = torch.log(torch.tensor([[0.1, 0.1, 0.2, 0.2, 0.4]]))
-    assert judge.soft_score(grades, torch.arange(1.0, 6.0))[0].item() == pytest.approx(3.7, abs=1e-6)
+    assert soft_score(grades, torch.arange(1.0, 6.0))[0].item() == pytest.approx(3.7, abs=1e-6)
 
 
 def test_judge_reads_answer_token_probabilities_of_the_model():
@@ -82,12 +85,12 @@ def test_judge_reads_answer_token_probabilities_of_the_model():
 
     model, tokenizer = load_model(OmegaConf.merge(OmegaConf.structured(ModelConfig), {"source": "random"}))
     model.eval()
-    cfg = OmegaConf.merge(OmegaConf.structured(judge.JudgeScorerConfig), {"batch_size": 2})
-    scorer = judge.JudgeScorer(None, cfg, model, tokenizer)
+    cfg = OmegaConf.merge(OmegaConf.structured(JudgeScorerConfig), {"batch_size": 2})
+    scorer = JudgeScorer(None, cfg, model, tokenizer)
     scores = scorer(BATCH)  # (3,)
     yes, no = scorer.choice_ids.tolist()
     for row in range(3):
-        ids = torch.tensor([scorer.judge_ids(BATCH["prompt_text"][row], BATCH["completions"][row])])
+        ids = torch.tensor([scorer.judge_ids(BATCH.prompt_text[row], BATCH.completions[row])])
         with torch.no_grad():
             probs = torch.softmax(model(input_ids=ids).logits[0, -1].float(), dim=-1)  # (V,)
         expected = probs[yes] / (probs[yes] + probs[no])
@@ -100,7 +103,7 @@ def test_judge_rejects_choices_with_the_same_first_token():
 
     tokenizer = load_tokenizer(OmegaConf.create({"tokenizer_path": None, "trust_remote_code": False}))
     with pytest.raises(ConfigError, match="two choices start with the same token"):
-        judge.choice_token_ids(tokenizer, ["Yes", "Yes!"])
+        choice_token_ids(tokenizer, ["Yes", "Yes!"])
 
 
 class _Registry:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from alignkit.batches import TokenBatch
 from alignkit.logprobs import sequence_logprobs
 from alignkit.losses import nll
 from alignkit.models import ModelConfig, load_model
@@ -30,7 +31,7 @@ def test_sequence_logprobs_score_only_completion_tokens(tiny):
     input_ids = torch.tensor([[5, 6, 7, 8, 9]])
     labels = torch.tensor([[-100, -100, 7, 8, -100]])  # prompt 5 6, completion 7 8, then padding
     attention = torch.ones_like(input_ids)
-    stats = sequence_logprobs(model, {"input_ids": input_ids, "attention_mask": attention, "labels": labels})
+    stats = sequence_logprobs(model, TokenBatch(input_ids=input_ids, attention_mask=attention, labels=labels))
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=input_ids, attention_mask=attention).logits.float(), -1)  # (1, 5, V)
     # Position t predicts token t+1: log p(7 | 5 6) is read at t=1, log p(8 | 5 6 7) at t=2.

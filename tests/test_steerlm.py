@@ -10,13 +10,16 @@ import pytest
 import torch
 
 from alignkit.errors import ConfigError, DataError
-from alignkit.plugins.steerlm.attributes import (AttributeSchema, condition_prompt, format_attribute_string,
-                                                 parse_attribute_string)
 from alignkit.plugins.formats.parsers import parse_scored
+from alignkit.plugins.steerlm.attributes import (
+    AttributeSchema,
+    condition_prompt,
+    format_attribute_string,
+    parse_attribute_string,
+)
 from alignkit.plugins.steerlm.commands import repeated_ngrams
 from alignkit.plugins.steerlm.data_format import parse_steerlm
 from alignkit.plugins.steerlm.labels import level_of, quantile_levels, quantile_thresholds, word_count
-
 from conftest import write_jsonl
 
 SCHEMA = AttributeSchema()

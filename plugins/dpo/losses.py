@@ -14,7 +14,6 @@ the difference of the policy-to-reference log-ratios of the chosen (y_c) and rej
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -4,26 +4,32 @@ Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Se
 Model" (https://arxiv.org/abs/2305.18290). With h = (log π(y_c) − log π_ref(y_c)) − (log π(y_r) −
 log π_ref(y_r)), the loss is a function of β·h chosen by ``loss=``: ``dpo`` −log σ(βh), ``cdpo``
 (label smoothing), ``ipo`` (h − 1/2τ)², ``robust`` (Chowdhury et al. 2024), or any registered loss
-with the same four-tensor signature. Implicit rewards β(log π − log π_ref) give the held-out
+of the ``preference`` family (same four-tensor signature; β and soft labels passed when its spec
+``takes`` them). Implicit rewards β(log π − log π_ref) give the held-out
 preference accuracy and margin.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
-from alignkit.context import RunContext
-from alignkit.errors import ConfigError
-from alignkit.interfaces import LossOutput
-from alignkit.logprobs import sequence_logprobs
-from alignkit.reference import ReferenceLogprobs
-from alignkit.stats import preference_correct, preference_summary
+from alignkit.api import (
+    ConfigError,
+    LossOutput,
+    LossTerm,
+    PairBatch,
+    ReferenceLogprobs,
+    RunContext,
+    nll,
+    preference_correct,
+    preference_summary,
+    sequence_logprobs,
+    tie_scale,
+)
 
 from .losses import dpo_implicit_rewards
 
@@ -71,18 +77,6 @@ class RobustLossConfig:
     label_smoothing: float = 0.1
 
 
-def bind_pair_loss(fn: Callable[..., torch.Tensor], loss_cfg: Any, beta: float) -> Callable[..., torch.Tensor]:
-    """The loss with its config's keyword options bound (and β, when it takes one)."""
-    options = {k: v for k, v in OmegaConf.to_container(loss_cfg, resolve=True).items() if k != "name"}
-    params = inspect.signature(fn).parameters
-    if "beta" in params and "beta" not in options:
-        options["beta"] = beta
-    unknown = [k for k in options if k not in params]
-    if unknown:
-        raise ConfigError(f"loss.{unknown[0]}: loss '{loss_cfg.name}' takes no option '{unknown[0]}'")
-    return partial(fn, **options)
-
-
 class DPOObjective:
     """DPO-style pairwise loss over one concatenated chosen+rejected forward."""
 
@@ -92,34 +86,33 @@ class DPOObjective:
         self.beta = float(cfg.method.beta)
         self.sft_weight = float(cfg.method.sft_weight)
         spec = ctx.registry.get("losses", cfg.loss.name, where="loss.name")
-        self.loss_fn = bind_pair_loss(spec.fn, cfg.loss, self.beta)
+        # The loss's own options (label_smoothing, tau) from cfg.loss, β when the loss takes it.
+        self.loss_fn = partial(spec.fn, **spec.options(cfg.loss), **({"beta": self.beta} if "beta" in spec.takes else {}))
         self.loss_name = cfg.loss.name
-        self.takes_soft_labels = "soft_labels" in inspect.signature(spec.fn).parameters
+        self.takes_soft_labels = "soft_labels" in spec.takes
         train = getattr(ctx.rollout, "train", None) or []
         if not self.takes_soft_labels and any(float(ex.get("label", 1.0)) != 1.0 for ex in train):
             raise self._no_soft_labels()  # say so before training, not at the first soft pair
         mode = cfg.method.reference
         self.reference = None if mode == "none" else ReferenceLogprobs(ctx, mode)
 
-    def _forward(self, batch: dict, split: str) -> dict[str, torch.Tensor]:
-        pairs = batch["num_pairs"]
+    def _forward(self, batch: PairBatch, split: str) -> dict[str, torch.Tensor]:
         stats = sequence_logprobs(self.ctx.policy, batch)  # sums (2B,): chosen rows, then rejected rows
-        policy_chosen, policy_rejected = stats.sum[:pairs], stats.sum[pairs:]  # (B,) each
-        if self.reference is None:
-            ref = torch.zeros_like(stats.sum)
-        else:
-            ref = self.reference(batch, split)  # (2B,)
-        ref_chosen, ref_rejected = ref[:pairs], ref[pairs:]
+        policy_chosen, policy_rejected = batch.chosen(stats.sum), batch.rejected(stats.sum)  # (B,) each
+        ref = torch.zeros_like(stats.sum) if self.reference is None else self.reference(batch, split)  # (2B,)
+        ref_chosen, ref_rejected = batch.chosen(ref), batch.rejected(ref)  # (B,) each
         losses = self.loss_fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                               **self._soft_labels(batch))  # (B,)
         chosen_reward, rejected_reward = dpo_implicit_rewards(
             policy_chosen.detach(), policy_rejected.detach(), ref_chosen, ref_rejected, beta=self.beta)
-        return {"losses": losses, "chosen_reward": chosen_reward, "rejected_reward": rejected_reward,
-                "chosen_sum": stats.sum[:pairs], "chosen_count": stats.count[:pairs]}
+        # The margin's operands, for the tie rule of preference_correct (rounding noise is no win).
+        scale = self.beta * tie_scale(policy_chosen, ref_chosen, policy_rejected, ref_rejected)  # (B,)
+        return {"losses": losses, "chosen_reward": chosen_reward, "rejected_reward": rejected_reward, "scale": scale,
+                "chosen_sum": batch.chosen(stats.sum), "chosen_count": batch.chosen(stats.count)}
 
-    def _soft_labels(self, batch: dict) -> dict[str, torch.Tensor]:
+    def _soft_labels(self, batch: PairBatch) -> dict[str, torch.Tensor]:
         """``soft_labels`` for the loss when a pair's ``label`` is below 1 (hard labels keep the exact path)."""
-        label = batch.get("label")
+        label = batch.label
         if label is None or bool((label == 1).all()):
             return {}
         if not self.takes_soft_labels:
@@ -130,26 +123,27 @@ class DPOObjective:
         return ConfigError(f"loss={self.loss_name} takes no soft labels but the data has pairs with label < 1; "
                            "use loss=dpo (or drop the 'label' field)")
 
-    def weight(self, batch: dict) -> float:
-        return float(batch["num_pairs"])
-
-    def __call__(self, batch: dict) -> LossOutput:
-        out = self._forward(batch, "train")
-        loss = out["losses"].mean()
-        metrics: dict[str, Any] = {}
+    def weight(self, batch: PairBatch) -> dict[str, float]:
+        """Units: pairs for the pair loss; chosen-answer target tokens for the optional SFT term."""
+        units = {"pair_loss": float(batch.num_pairs)}
         if self.sft_weight:
-            sft = -out["chosen_sum"].sum() / out["chosen_count"].sum().clamp_min(1)
-            loss = loss + self.sft_weight * sft
-            metrics["sft_nll"] = sft.detach()
-        margin = out["chosen_reward"] - out["rejected_reward"]  # (B,)
-        metrics.update({"rewards_chosen": out["chosen_reward"].mean(), "rewards_rejected": out["rejected_reward"].mean(),
-                        "margin": margin.mean(), "accuracy": preference_correct(margin).mean()})
-        return LossOutput(loss, metrics)
+            units["sft_nll"] = float(batch.chosen(batch.response_mask()).sum())
+        return units
 
-    def evaluate(self, batch: dict) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: PairBatch) -> LossOutput:
+        out = self._forward(batch, "train")
+        terms: dict[str, Any] = {"pair_loss": out["losses"].mean()}
+        if self.sft_weight:  # a token mean: its own units, normalised over the global batch by the loop
+            terms["sft_nll"] = LossTerm(nll(out["chosen_sum"], out["chosen_count"]), self.sft_weight)
+        margin = out["chosen_reward"] - out["rejected_reward"]  # (B,)
+        metrics = {"rewards_chosen": out["chosen_reward"].mean(), "rewards_rejected": out["rejected_reward"].mean(),
+                   "margin": margin.mean(), "accuracy": preference_correct(margin, out["scale"]).mean()}
+        return LossOutput(metrics=metrics, terms=terms)
+
+    def evaluate(self, batch: PairBatch) -> dict[str, torch.Tensor]:
         out = self._forward(batch, "eval")
         margin = out["chosen_reward"] - out["rejected_reward"]
-        return {"loss": out["losses"], "margin": margin, "correct": preference_correct(margin),
+        return {"loss": out["losses"], "margin": margin, "correct": preference_correct(margin, out["scale"]),
                 "chosen_reward": out["chosen_reward"], "rejected_reward": out["rejected_reward"]}
 
     def summarize(self, values: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from alignkit.hookspecs import hookimpl
-from alignkit.specs import DataFormatSpec
+from alignkit.api import DataFormatSpec, hookimpl
 
 from . import parsers
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from alignkit.records import as_messages
+from alignkit.api import as_messages
 
 _TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 _ROLES = {"Human": "user", "Assistant": "assistant"}

@@ -1,22 +1,18 @@
-"""Built-in method ``ppo`` and the PPO losses and estimators (GAE, clipped surrogate, clipped value, KL)."""
+"""Built-in method ``ppo``: clipped surrogate + clipped value loss, GAE, per-token KL penalty."""
 
 from __future__ import annotations
 
-from alignkit.hookspecs import hookimpl
-from alignkit.specs import LossSpec, MethodSpec
+from alignkit.api import MethodSpec, hookimpl
 
-from . import losses, objective
-
-_LOSSES = ("gae", "ppo_clip", "ppo_clip_per_token", "value_clip", "kl_k1", "kl_k2", "kl_k3", "kl_penalty")
+from . import objective
 
 
 @hookimpl
 def register_methods(register):
-    register(MethodSpec(name="ppo", build=objective.build, consumes="prompts", needs_reference=True,
-                        schema=objective.PPOConfig))
+    register(MethodSpec(name="ppo", build=objective.build, consumes="prompts",
+                        schema=objective.PPOConfig, term_options=("method.entropy_coef=0.1",)))
 
 
 @hookimpl
-def register_losses(register):
-    for name in _LOSSES:
-        register(LossSpec(name=name, fn=getattr(losses, name)))
+def register_config_dirs():
+    return "pkg://alignkit.plugins.ppo.conf"

@@ -18,19 +18,26 @@ the one in the reward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 
-from alignkit.context import RunContext
-from alignkit.errors import ConfigError
-from alignkit.interfaces import LossOutput
-from alignkit.plugins.generate.layout import response_mask, select_rows
-from alignkit.plugins.generate.online import (OnlineEvaluation, PendingUpdates, reference_logprobs,
-                                              sampling_temperature, scalar_rewards, sequence_kl)
+from alignkit.api import ConfigError, LossOutput, RolloutBatch, RunContext, UpdatePlan
+from alignkit.rl import (
+    KL_ESTIMATORS,
+    OnlineEval,
+    gae,
+    masked_mean,
+    masked_whiten,
+    reference_logprobs,
+    response_mask,
+    sampling_rollout,
+    scalar_rewards,
+    sequence_kl,
+)
 
 from .kl_control import KLController
-from .losses import KL_ESTIMATORS, gae, masked_mean, masked_whiten, ppo_clip, value_clip
+from .losses import ppo_clip, value_clip
 from .value import CRITICS
 
 
@@ -83,7 +90,7 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, positions, torch.full_like(positions, -1)).max(dim=1).values  # (N,)
 
 
-class PPOObjective(OnlineEvaluation, PendingUpdates):
+class PPOObjective:
     """Clipped PPO with a value function, on ``rollout=generate`` batches."""
 
     def __init__(self, ctx: RunContext) -> None:
@@ -95,8 +102,9 @@ class PPOObjective(OnlineEvaluation, PendingUpdates):
         if cfg.ppo_epochs < 1 or cfg.minibatch_size < 0:
             raise ConfigError("method.ppo_epochs must be >= 1 and method.minibatch_size >= 0")
         self.ctx, self.cfg = ctx, cfg
-        self.temperature = sampling_temperature(ctx, "ppo")
+        self.temperature = sampling_rollout(ctx, "ppo").temperature
         self.kl_estimator = cfg.kl_estimator
+        self.held_out = OnlineEval(ctx, self.temperature, cfg.kl_estimator)
         self.kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         self.critic = CRITICS[cfg.critic](ctx.policy).to(ctx.device)
         self.shuffle = torch.Generator().manual_seed(ctx.cfg.trainer.seed + 7_919)
@@ -108,29 +116,36 @@ class PPOObjective(OnlineEvaluation, PendingUpdates):
             return params
         return [{"params": params, "lr": float(self.cfg.value_lr)}]
 
-    def weight(self, batch: dict) -> float:
-        return float(response_mask(batch).sum())  # completion tokens: the losses are token means
+    def weight(self, batch: RolloutBatch) -> float:
+        """Units: completion tokens (the policy, value and entropy terms are all token means)."""
+        return float(response_mask(batch).sum())
+
+    def evaluate(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        return self.held_out.evaluate(batch)
+
+    def summarize(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        return self.held_out.summarize(values)
 
     def _chunks(self, n: int) -> list[torch.Tensor]:
         size = self.cfg.minibatch_size or n
         order = torch.randperm(n, generator=self.shuffle)  # (N,)
         return [order[i:i + size] for i in range(0, n, size)]
 
-    def _forward(self, batch: dict, entropy: bool) -> Any:
+    def _forward(self, batch: RolloutBatch, entropy: bool) -> Any:
         return self.critic(self.ctx.policy, batch, temperature=self.temperature, entropy=entropy)
 
     @torch.no_grad()
-    def _prepare(self, batch: dict, chunks: list[torch.Tensor]) -> dict:
+    def _prepare(self, batch: RolloutBatch, chunks: list[torch.Tensor]) -> RolloutBatch:
         """Old log-probs, values, reference log-probs, rewards, advantages and returns of a rollout."""
         rewards = scalar_rewards(batch, self.ctx)  # (N,)
-        n, width = batch["input_ids"].shape
-        device = batch["input_ids"].device
+        n, width = batch.input_ids.shape
+        device = batch.input_ids.device
         old_logps = torch.zeros(n, width - 1, device=device)  # (N, T-1)
         old_values = torch.zeros(n, width - 1, device=device)  # (N, T-1)
         ref_logps = torch.zeros(n, width - 1, device=device)  # (N, T-1)
         for rows in chunks:
             # The same sub-batches, in the same shapes, as the first epoch's updates: exact ratio 1.
-            sub = select_rows(batch, rows)
+            sub = batch.select(rows)
             out = self._forward(sub, entropy=False)
             w = out.logprobs.shape[1]
             rows = rows.to(device)
@@ -148,39 +163,37 @@ class PPOObjective(OnlineEvaluation, PendingUpdates):
             advantages = masked_whiten(advantages, mask)  # (N, T-1)
         kl_sum = kl_tokens.sum(dim=1)  # (N,)
         self.kl.update(float(kl_sum.mean()), n)
-        return {**batch, "old_logps": old_logps, "old_values": old_values, "advantages": advantages,
-                "returns": returns, "kl_tokens": kl_tokens, "kl_coef": torch.full((n,), beta)}
+        return batch.with_extras(old_logps=old_logps, old_values=old_values, advantages=advantages, returns=returns,
+                                 kl_tokens=kl_tokens, kl_coef=torch.full((n,), beta))
 
-    def updates(self, batch: dict) -> Iterator[dict]:
-        """``ppo_epochs`` passes of shuffled minibatches over one scored rollout (checkpointed if cut)."""
-        n = batch["input_ids"].shape[0]
+    def updates(self, batch: RolloutBatch) -> UpdatePlan:
+        """``ppo_epochs`` passes of shuffled minibatches over one scored rollout."""
+        n = batch.num_rows
         chunks = self._chunks(n)
         plan = chunks + [rows for _ in range(1, self.cfg.ppo_epochs) for rows in self._chunks(n)]
-        yield from self.serve(self._prepare(batch, chunks), plan)
+        return UpdatePlan(self._prepare(batch, chunks), plan)
 
-    def __call__(self, batch: dict) -> LossOutput:
-        out = self._forward(batch, entropy=True)
+    def __call__(self, batch: RolloutBatch) -> LossOutput:
+        out, old = self._forward(batch, entropy=True), batch.extras
         mask = response_mask(batch)  # (B, T-1)
-        pg_loss, stats = ppo_clip(out.logprobs, batch["old_logps"], batch["advantages"], mask, clip=self.cfg.clip)
-        vf_loss = value_clip(out.values, batch["old_values"], batch["returns"], mask, clip=self.cfg.value_clip)
+        pg_loss, stats = ppo_clip(out.logprobs, old["old_logps"], old["advantages"], mask, clip=self.cfg.clip)
+        vf_loss = value_clip(out.values, old["old_values"], old["returns"], mask, clip=self.cfg.value_clip)
         entropy = masked_mean(out.entropy, mask)  # ()
         loss = pg_loss + self.cfg.vf_coef * vf_loss - self.cfg.entropy_coef * entropy
         metrics = {"pg_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), "entropy": entropy.detach(),
-                   "kl": batch["kl_tokens"].sum(dim=1).mean(), "kl_coef": batch["kl_coef"].mean(),
-                   "score": batch["rewards"].float().mean(), "length": mask.sum(dim=1).float().mean(),
+                   "kl": old["kl_tokens"].sum(dim=1).mean(), "kl_coef": old["kl_coef"].mean(),
+                   "score": batch.rewards.float().mean(), "length": mask.sum(dim=1).float().mean(),
                    "value_mean": masked_mean(out.values.detach(), mask), **stats}
         return LossOutput(loss, metrics)
 
     # ------------------------------------------------------------------ resume and saving
     def state_dict(self) -> dict[str, Any]:
-        return {"critic": self.critic.state_dict(), "kl": self.kl.state_dict(), "shuffle": self.shuffle.get_state(),
-                "pending": self.pending_state()}
+        return {"critic": self.critic.state_dict(), "kl": self.kl.state_dict(), "shuffle": self.shuffle.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.critic.load_state_dict(state["critic"])
         self.kl.load_state_dict(state["kl"])
         self.shuffle.set_state(state["shuffle"])
-        self.load_pending_state(state.get("pending"), self.ctx.device)
 
     def save_extras(self, folder: Any) -> None:
         from safetensors.torch import save_file

@@ -11,9 +11,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from alignkit import kernels
-from alignkit.logprobs import _unwrap, hidden_states, token_stats
-from alignkit.tokenize import IGNORE_INDEX
+from alignkit.api import TokenBatch, hidden_states, token_stats, token_stats_with_hidden, unwrap_lm
 
 
 class ValueHead(torch.nn.Module):
@@ -40,20 +38,18 @@ class PolicyOutput(NamedTuple):
 class SharedCritic(torch.nn.Module):
     """Value head on the policy trunk: one forward gives log-probs and values.
 
-    This is :func:`alignkit.logprobs.token_stats` (trunk hidden states → fused log-prob kernel, no
-    logits) with the hidden states kept for the head.
+    This is :func:`alignkit.logprobs.token_stats_with_hidden` (trunk hidden states → the model's output
+    head in the fused log-prob kernel, no logits) with the hidden states kept for the head.
     """
 
     def __init__(self, policy: Any) -> None:
         super().__init__()
-        self.head = ValueHead(_unwrap(policy).config.hidden_size)
+        self.head = ValueHead(unwrap_lm(policy).config.hidden_size)
 
-    def forward(self, policy: Any, batch: dict, *, temperature: float, entropy: bool) -> PolicyOutput:
-        hidden = hidden_states(policy, batch["input_ids"], batch["attention_mask"])[:, :-1]  # (B, T-1, d)
-        weight = _unwrap(policy).get_output_embeddings().weight  # (V, d)
-        stats = kernels.linear_token_stats(hidden, weight, batch["labels"][:, 1:], ignore_index=IGNORE_INDEX,
-                                           temperature=temperature, entropy=entropy)
-        return PolicyOutput(stats.logprobs, stats.entropy, self.head(hidden))  # (B, T-1) each
+    def forward(self, policy: Any, batch: TokenBatch, *, temperature: float, entropy: bool) -> PolicyOutput:
+        stats, hidden = token_stats_with_hidden(policy, batch.input_ids, batch.attention_mask, batch.labels,
+                                                temperature=temperature, entropy=entropy)  # hidden (B, T, d)
+        return PolicyOutput(stats.logprobs, stats.entropy, self.head(hidden[:, :-1]))  # (B, T-1) each
 
 
 class SeparateCritic(torch.nn.Module):
@@ -61,14 +57,14 @@ class SeparateCritic(torch.nn.Module):
 
     def __init__(self, policy: Any) -> None:
         super().__init__()
-        self.model = copy.deepcopy(_unwrap(policy))
+        self.model = copy.deepcopy(unwrap_lm(policy))
         self.model.train()
         self.head = ValueHead(self.model.config.hidden_size)
 
-    def forward(self, policy: Any, batch: dict, *, temperature: float, entropy: bool) -> PolicyOutput:
-        stats = token_stats(policy, batch["input_ids"], batch["attention_mask"], batch["labels"],
+    def forward(self, policy: Any, batch: TokenBatch, *, temperature: float, entropy: bool) -> PolicyOutput:
+        stats = token_stats(policy, batch.input_ids, batch.attention_mask, batch.labels,
                             temperature=temperature, entropy=entropy)
-        hidden = hidden_states(self.model, batch["input_ids"], batch["attention_mask"])[:, :-1]  # (B, T-1, d)
+        hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)[:, :-1]  # (B, T-1, d)
         return PolicyOutput(stats.logprobs, stats.entropy, self.head(hidden))  # (B, T-1) each
 
 

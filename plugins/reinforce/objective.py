@@ -17,20 +17,25 @@ mean over rows, the quantity in the reward or the loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from alignkit.context import RunContext
-from alignkit.errors import ConfigError
-from alignkit.interfaces import LossOutput
-from alignkit.logprobs import sequence_logprobs
-from alignkit.plugins.generate.layout import response_mask, select_rows
-from alignkit.plugins.generate.online import (OnlineEvaluation, PendingUpdates, reference_logprobs,
-                                              sampling_temperature, scalar_rewards, sequence_kl)
-from alignkit.plugins.ppo.losses import KL_ESTIMATORS
+from alignkit.api import ConfigError, LossOutput, RolloutBatch, RunContext, UpdatePlan, sequence_logprobs
+from alignkit.rl import (
+    KL_ESTIMATORS,
+    OnlineEval,
+    group_normalized_advantages,
+    moving_average_baseline,
+    reference_logprobs,
+    response_mask,
+    rloo_advantages,
+    sampling_rollout,
+    scalar_rewards,
+    sequence_kl,
+)
 
-from .losses import group_normalized_advantages, moving_average_baseline, policy_gradient, rloo_advantages
+from .losses import policy_gradient
 
 BASELINES = ("none", "moving_average", "rloo", "group_norm")
 KL_MODES = ("reward", "loss")
@@ -63,7 +68,7 @@ class ReinforceConfig:
     minibatch_size: int = 0
 
 
-class ReinforceObjective(OnlineEvaluation, PendingUpdates):
+class ReinforceObjective:
     """Sequence-level policy gradient with a baseline, on ``rollout=generate`` batches."""
 
     def __init__(self, ctx: RunContext) -> None:
@@ -75,8 +80,9 @@ class ReinforceObjective(OnlineEvaluation, PendingUpdates):
         if cfg.kl_estimator not in KL_ESTIMATORS:
             raise ConfigError(f"method.kl_estimator={cfg.kl_estimator!r}; expected one of {sorted(KL_ESTIMATORS)}")
         self.ctx, self.cfg = ctx, cfg
-        self.temperature = sampling_temperature(ctx, "reinforce")
-        self.k = int(ctx.cfg.rollout.num_samples)
+        rollout = sampling_rollout(ctx, "reinforce")
+        self.temperature, self.k = rollout.temperature, int(rollout.num_samples)
+        self.held_out = OnlineEval(ctx, self.temperature, cfg.kl_estimator)
         if cfg.baseline in ("rloo", "group_norm") and self.k < 2:
             raise ConfigError(f"method.baseline={cfg.baseline} compares the k samples of a prompt: set "
                               f"rollout.num_samples >= 2 (it is {self.k})")
@@ -84,8 +90,15 @@ class ReinforceObjective(OnlineEvaluation, PendingUpdates):
         self.beta = float(cfg.kl_coef)
         self.baseline_value = torch.zeros(())  # moving-average state
 
-    def weight(self, batch: dict) -> float:
-        return float(batch["input_ids"].shape[0])  # the loss is a mean over completions
+    def weight(self, batch: RolloutBatch) -> float:
+        """Units: completions (the policy-gradient and KL terms are means over completions)."""
+        return float(batch.num_rows)
+
+    def evaluate(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        return self.held_out.evaluate(batch)
+
+    def summarize(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        return self.held_out.summarize(values)
 
     def _advantages(self, rewards: torch.Tensor, num_prompts: int) -> torch.Tensor:
         """(N,) advantages of N = P·k rewards (sample-major within each prompt)."""
@@ -101,24 +114,24 @@ class ReinforceObjective(OnlineEvaluation, PendingUpdates):
             return advantages
         return rewards
 
-    def updates(self, batch: dict) -> Iterator[dict]:
+    def updates(self, batch: RolloutBatch) -> UpdatePlan:
         """Advantages on the whole rollout, then micro-batches of whole prompts."""
         scores = scalar_rewards(batch, self.ctx)  # (N,)
-        n, num_prompts = batch["input_ids"].shape[0], int(batch["num_prompts"])
+        n, num_prompts = batch.num_rows, int(batch.num_prompts)
         if n != num_prompts * self.k:
             raise ConfigError(f"method=reinforce: the rollout gave {n} rows for {num_prompts} prompts, expected "
                               f"rollout.num_samples={self.k} per prompt")
         per_chunk = (self.cfg.minibatch_size or num_prompts) * self.k
         chunks = [torch.arange(i, min(i + per_chunk, n)) for i in range(0, n, per_chunk)]
         extra: dict[str, torch.Tensor] = {}
-        width = batch["input_ids"].shape[1]
+        width = batch.input_ids.shape[1]
         rewards = scores
         if self.beta > 0:
-            device = batch["input_ids"].device
+            device = batch.input_ids.device
             ref = torch.zeros(n, width - 1, device=device)  # (N, T-1)
             kl = torch.zeros(n, device=device)  # (N,)
             for rows in chunks:
-                sub = select_rows(batch, rows)
+                sub = batch.select(rows)
                 ref_sub = reference_logprobs(self.ctx, sub, self.temperature)  # (r, w-1)
                 ref[rows.to(device), : ref_sub.shape[1]] = ref_sub
                 if self.cfg.kl_mode == "reward":
@@ -130,32 +143,31 @@ class ReinforceObjective(OnlineEvaluation, PendingUpdates):
                 rewards = scores - self.beta * kl  # (N,)
                 extra["kl_seq"] = kl
         advantages = self._advantages(rewards, num_prompts)  # (N,)
-        prepared = {**batch, **extra, "advantages": advantages, "total_rewards": rewards}
-        yield from self.serve(prepared, chunks)
+        return UpdatePlan(batch.with_extras(**extra, advantages=advantages, total_rewards=rewards), chunks)
 
-    def __call__(self, batch: dict) -> LossOutput:
+    def __call__(self, batch: RolloutBatch) -> LossOutput:
         stats = sequence_logprobs(self.ctx.policy, batch, temperature=self.temperature)
-        loss = policy_gradient(stats.sum, batch["advantages"]).mean()  # ()
+        loss = policy_gradient(stats.sum, batch.extras["advantages"]).mean()  # ()
         mask = response_mask(batch)  # (B, T-1)
-        metrics: dict[str, Any] = {"score": batch["rewards"].float().mean(), "reward": batch["total_rewards"].mean(),
-                                   "advantage_abs": batch["advantages"].abs().mean(),
-                                   "length": mask.sum(dim=1).float().mean(), "ended": batch["ended"].mean()}
+        metrics: dict[str, Any] = {"score": batch.rewards.float().mean(),
+                                   "reward": batch.extras["total_rewards"].mean(),
+                                   "advantage_abs": batch.extras["advantages"].abs().mean(),
+                                   "length": mask.sum(dim=1).float().mean(), "ended": batch.ended.mean()}
         if self.beta > 0 and self.cfg.kl_mode == "loss":
-            kl = sequence_kl(stats.logprobs, batch["ref_logps"], mask, self.kl_estimator).sum(dim=1)  # (B,)
+            kl = sequence_kl(stats.logprobs, batch.extras["ref_logps"], mask, self.kl_estimator).sum(dim=1)  # (B,)
             loss = loss + self.beta * kl.mean()
             metrics["kl"] = kl.detach().mean()
         elif self.beta > 0:
-            metrics["kl"] = batch["kl_seq"].mean()
+            metrics["kl"] = batch.extras["kl_seq"].mean()
         if self.cfg.baseline == "moving_average":
             metrics["baseline"] = self.baseline_value
         return LossOutput(loss, metrics)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"baseline": self.baseline_value.clone(), "pending": self.pending_state()}
+        return {"baseline": self.baseline_value.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.baseline_value = state["baseline"].clone()
-        self.load_pending_state(state.get("pending"), self.ctx.device)
 
 
 def build(ctx: RunContext) -> ReinforceObjective:

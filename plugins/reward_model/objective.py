@@ -15,17 +15,25 @@ from typing import Any, Callable
 
 import torch
 
-from alignkit import kernels
-from alignkit.context import RunContext
-from alignkit.errors import ConfigError
-from alignkit.interfaces import LossOutput
-from alignkit.logprobs import hidden_states, lm_head_weight
-from alignkit.stats import mean_interval, preference_correct, preference_summary
-from alignkit.tokenize import IGNORE_INDEX
-
-from .head import RewardHead, at_last_token
-
-KIND_OF_LOSS = {"bradley_terry": "pairs", "plackett_luce": "ranked", "pointwise_mse": "tokens"}
+from alignkit.api import (
+    IGNORE_INDEX,
+    ConfigError,
+    LossOutput,
+    LossTerm,
+    PairBatch,
+    RankedBatch,
+    RewardHead,
+    RunContext,
+    TokenBatch,
+    at_last_token,
+    hidden_states,
+    mean_interval,
+    nll,
+    preference_correct,
+    preference_summary,
+    tie_scale,
+    token_stats_with_hidden,
+)
 
 
 @dataclass
@@ -57,18 +65,34 @@ class BTLossConfig:
 
 
 @dataclass
+class KwiseLossConfig:
+    """``loss=plackett_luce`` (alias ``kwise``): Plackett-Luce over ranked lists, best first."""
+
+    name: str = "plackett_luce"
+
+
+@dataclass
 class MSELossConfig:
     """``loss=mse``: squared error per attribute, masked where a score is missing."""
 
     name: str = "pointwise_mse"
 
 
+def reward_loss(cfg: Any) -> Any:
+    """The :class:`~alignkit.specs.LossSpec` of the configured reward loss (family ``reward-model``)."""
+    from alignkit.api import get_registry
+
+    registry = get_registry()
+    spec = registry.get("losses", cfg.loss.name, where="loss.name")
+    if spec.family != "reward-model" or spec.consumes is None:
+        names = [e.name for e in registry.entries("losses") if e.spec.family == "reward-model"]
+        raise ConfigError(f"loss={cfg.loss.name} is not a reward-model loss; use one of {', '.join(names)}")
+    return spec
+
+
 def consumes(cfg: Any) -> str:
-    """The record kind the configured loss trains on."""
-    try:
-        return KIND_OF_LOSS[cfg.loss.name]
-    except KeyError:
-        raise ConfigError(f"loss={cfg.loss.name} is not a reward-model loss; use one of bt, kwise, mse") from None
+    """The record kind the configured loss trains on (its spec's ``consumes``)."""
+    return reward_loss(cfg).consumes
 
 
 class RewardModelObjective:
@@ -77,9 +101,12 @@ class RewardModelObjective:
     def __init__(self, ctx: RunContext) -> None:
         cfg = ctx.cfg
         self.ctx = ctx
-        self.kind = consumes(cfg)
-        self.loss_cfg = cfg.loss
-        self.loss_fn = ctx.registry.get("losses", cfg.loss.name, where="loss.name").fn
+        spec = reward_loss(cfg)
+        self.kind = spec.consumes
+        self.loss_options = spec.options(cfg.loss)  # e.g. center_weight; use_margin is the method's switch
+        self.use_margin = bool(self.loss_options.pop("use_margin", False))
+        self.loss_takes = spec.takes
+        self.loss_fn = spec.fn
         self.lm_weight = float(cfg.method.lm_weight)
         if cfg.method.freeze_trunk:
             if self.lm_weight:
@@ -105,69 +132,83 @@ class RewardModelObjective:
     def save_extras(self, folder: Path) -> None:
         self.head.save(folder)
 
-    def weight(self, batch: dict) -> float:
-        return float(batch.get("num_pairs", len(batch.get("ranked_mask", batch["input_ids"]))))
+    def weight(self, batch: TokenBatch) -> dict[str, float]:
+        """Units: pairs, ranked lists or scored answers for the reward loss; chosen-answer target tokens
+        for the optional LM regulariser."""
+        units = {"reward_loss": float(batch.num_examples)}
+        if self.lm_weight and isinstance(batch, PairBatch):
+            units["lm_nll"] = float(batch.chosen(batch.response_mask()).sum())
+        return units
 
     # ------------------------------------------------------------------ per-kind steps
-    def _scores_and_hidden(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = hidden_states(self.ctx.policy, batch["input_ids"], batch["attention_mask"])  # (N, T, d)
-        return self.head(at_last_token(hidden, batch["attention_mask"])), hidden  # (N, A), (N, T, d)
+    def _scores_and_hidden(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = hidden_states(self.ctx.policy, batch.input_ids, batch.attention_mask)  # (N, T, d)
+        return self.head(at_last_token(hidden, batch.attention_mask)), hidden  # (N, A), (N, T, d)
 
-    def _pairs(self, batch: dict) -> dict[str, torch.Tensor]:
-        pairs = batch["num_pairs"]
-        scores, hidden = self._scores_and_hidden(batch)
-        chosen, rejected = scores[:pairs, 0], scores[pairs:, 0]  # (B,) each
-        margin = batch["margin"] if self.loss_cfg.get("use_margin", False) else None
-        losses = self.loss_fn(chosen, rejected, margin=margin, center_weight=self.loss_cfg.get("center_weight", 0.0),
-                              soft_labels=batch["label"])  # (B,)
-        out = {"losses": losses, "margin": (chosen - rejected).detach(), "chosen": chosen.detach(), "rejected": rejected.detach()}
+    def _scores_and_lm_stats(self, batch: PairBatch, rows: int) -> tuple[torch.Tensor, Any]:
+        """Head scores (N, A) and the token stats of the first ``rows`` rows' labels, from one forward."""
+        labels = batch.labels.clone()  # (N, T)
+        labels[rows:] = IGNORE_INDEX  # the regulariser scores the chosen answers; the other rows skip the vocabulary
+        stats, hidden = token_stats_with_hidden(self.ctx.policy, batch.input_ids, batch.attention_mask, labels)
+        return self.head(at_last_token(hidden, batch.attention_mask)), stats  # (N, A), TokenStats
+
+    def _pairs(self, batch: PairBatch) -> dict[str, torch.Tensor]:
+        pairs = batch.num_pairs
+        stats = None  # the LM regulariser's, through the model's own output head, from the same forward
         if self.lm_weight:
-            weight = lm_head_weight(self.ctx.policy)  # (V, d)
-            stats = kernels.linear_token_stats(hidden[:pairs, :-1], weight, batch["labels"][:pairs, 1:],
-                                               ignore_index=IGNORE_INDEX)
-            out["lm_nll"] = -stats.sum.sum() / stats.count.sum().clamp_min(1)
+            scores, stats = self._scores_and_lm_stats(batch, pairs)
+        else:
+            scores, _ = self._scores_and_hidden(batch)
+        chosen, rejected = batch.chosen(scores[:, 0]), batch.rejected(scores[:, 0])  # (B,) each
+        inputs = {"margin": batch.margin if self.use_margin else None, "soft_labels": batch.label}
+        losses = self.loss_fn(chosen, rejected, **{k: v for k, v in inputs.items() if k in self.loss_takes},
+                              **self.loss_options)  # (B,)
+        out = {"losses": losses, "margin": (chosen - rejected).detach(), "chosen": chosen.detach(), "rejected": rejected.detach(),
+               "correct": preference_correct(chosen - rejected, tie_scale(chosen, rejected))}
+        if stats is not None:
+            out["lm_nll"] = nll(stats.sum, stats.count)
         return out
 
-    def _ranked(self, batch: dict) -> dict[str, torch.Tensor]:
-        present = batch["ranked_mask"]  # (B, K)
+    def _ranked(self, batch: RankedBatch) -> dict[str, torch.Tensor]:
+        present = batch.ranked_mask  # (B, K)
         scores, _ = self._scores_and_hidden(batch)  # (N, 1), N = present.sum()
         rewards = torch.zeros(present.shape, dtype=scores.dtype, device=scores.device)  # (B, K)
         rewards = rewards.masked_scatter(present, scores[:, 0])
-        losses = self.loss_fn(rewards, present)  # (B,)
+        losses = self.loss_fn(rewards, present, **self.loss_options)  # (B,)
         i, j = torch.triu_indices(present.shape[1], present.shape[1], offset=1, device=present.device)
         both = present[:, i] & present[:, j]  # (B, P) pairs (better i, worse j) present in the list
         diffs = (rewards[:, i] - rewards[:, j]).detach()  # (B, P)
-        pair_correct = (preference_correct(diffs) * both).sum(1) / both.sum(1).clamp_min(1)  # (B,)
+        correct = preference_correct(diffs, tie_scale(rewards[:, i], rewards[:, j]))  # (B, P)
+        pair_correct = (correct * both).sum(1) / both.sum(1).clamp_min(1)  # (B,)
         last = present.long().sum(1) - 1  # (B,) index of the worst answer
         spread = (rewards[:, 0] - rewards.gather(1, last[:, None])[:, 0]).detach()  # (B,) best − worst
         return {"losses": losses, "correct": pair_correct, "margin": spread}
 
-    def _scored(self, batch: dict) -> dict[str, torch.Tensor]:
+    def _scored(self, batch: TokenBatch) -> dict[str, torch.Tensor]:
         names = self.head.attributes
-        targets = torch.tensor([[float("nan") if s.get(a) is None else s[a] for a in names] for s in batch["scores"]],
-                               device=batch["input_ids"].device)  # (B, A)
+        targets = torch.tensor([[float("nan") if s.get(a) is None else s[a] for a in names] for s in batch.scores],
+                               device=batch.input_ids.device)  # (B, A)
         present = ~torch.isnan(targets)
         if not present.any(dim=1).all():
             missing = [i for i, row in enumerate(present.any(dim=1).tolist()) if not row]
             raise ConfigError(f"method.attributes={names}: {len(missing)} rows of this batch have none of them in 'scores'")
         scores, _ = self._scores_and_hidden(batch)  # (B, A)
-        losses = self.loss_fn(scores, torch.nan_to_num(targets), present)  # (B,)
+        losses = self.loss_fn(scores, torch.nan_to_num(targets), present, **self.loss_options)  # (B,)
         return {"losses": losses, "mse": losses.detach()}
 
     # ------------------------------------------------------------------ objective
-    def __call__(self, batch: dict) -> LossOutput:
+    def __call__(self, batch: TokenBatch) -> LossOutput:
         out = self._steps[self.kind](batch)
-        loss = out["losses"].mean()
+        terms: dict[str, Any] = {"reward_loss": out["losses"].mean()}
+        if "lm_nll" in out:  # a token mean: its own units, normalised over the global batch by the loop
+            terms["lm_nll"] = LossTerm(out["lm_nll"], self.lm_weight)
         metrics: dict[str, Any] = {}
-        if "lm_nll" in out:
-            loss = loss + self.lm_weight * out["lm_nll"]
-            metrics["lm_nll"] = out["lm_nll"].detach()
         if "margin" in out:
             metrics["margin"] = out["margin"].mean()
             metrics["accuracy"] = out.get("correct", preference_correct(out["margin"])).mean()
-        return LossOutput(loss, metrics)
+        return LossOutput(metrics=metrics, terms=terms)
 
-    def evaluate(self, batch: dict) -> dict[str, torch.Tensor]:
+    def evaluate(self, batch: TokenBatch) -> dict[str, torch.Tensor]:
         out = self._steps[self.kind](batch)
         values = {"loss": out["losses"].detach()}
         if "margin" in out:

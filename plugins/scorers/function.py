@@ -11,17 +11,13 @@ per row (a prompt with k samples appears k times), and returns one finite number
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from omegaconf import OmegaConf
 
-from alignkit.context import RunContext
-from alignkit.errors import ConfigError
-
-from .checks import as_rewards, prompt_texts
+from alignkit.api import ConfigError, RolloutBatch, RunContext, as_rewards, load_callable
 
 
 @dataclass
@@ -39,37 +35,15 @@ class FunctionScorerConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def load_callable(target: str, key: str = "scorer.fn") -> Callable[..., Any]:
-    """Import ``module:attr`` (or ``module.attr``); ConfigError naming ``key`` if it cannot."""
-    if ":" in target:
-        module_name, _, attr = target.partition(":")
-    else:
-        module_name, _, attr = target.rpartition(".")
-    if not module_name or not attr:
-        raise ConfigError(f"{key}={target!r}: expected 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{key}={target}: cannot import module '{module_name}' ({exc})") from None
-    fn = module
-    for part in attr.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise ConfigError(f"{key}={target}: module '{module_name}' has no attribute '{attr}'")
-    if not callable(fn):
-        raise ConfigError(f"{key}={target}: '{attr}' is not callable")
-    return fn
-
-
 class FunctionScorer:
     """Calls ``fn(prompts, completions, **kwargs)`` and checks its answer."""
 
     def __init__(self, fn: Callable[..., Any], kwargs: dict[str, Any], label: str) -> None:
         self.fn, self.kwargs, self.label = fn, kwargs, label
 
-    def __call__(self, batch: dict) -> torch.Tensor:
-        completions = list(batch["completions"])
-        values = self.fn(prompt_texts(batch), completions, **self.kwargs)
+    def __call__(self, batch: RolloutBatch) -> torch.Tensor:
+        completions = list(batch.completions)
+        values = self.fn(list(batch.prompt_text), completions, **self.kwargs)
         return as_rewards(values, len(completions), self.label)  # (N,)
 
 

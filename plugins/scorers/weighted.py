@@ -21,10 +21,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from alignkit.context import RunContext
-from alignkit.errors import AlignkitError, ConfigError, TrainingError
-
-from .checks import as_rewards
+from alignkit.api import AlignkitError, ConfigError, RolloutBatch, RunContext, TrainingError, as_rewards
 
 
 @dataclass
@@ -84,8 +81,8 @@ class WeightedSumScorer:
         self.components = components
         self.last_components: dict[str, float] = {}
 
-    def __call__(self, batch: dict) -> torch.Tensor:
-        n = len(batch["completions"])
+    def __call__(self, batch: RolloutBatch) -> torch.Tensor:
+        n = len(batch.completions)
         total = torch.zeros(n)  # (N,)
         self.last_components = {}
         for key, name, weight, scorer in self.components:

@@ -1,11 +1,10 @@
-"""Built-in method ``sft``: supervised fine-tuning on completions."""
+"""Built-in method ``sft``: supervised fine-tuning on completions (token-mean NLL, ``alignkit.losses.nll``)."""
 
 from __future__ import annotations
 
-from alignkit.hookspecs import hookimpl
-from alignkit.specs import LossSpec, MethodSpec
+from alignkit.api import MethodSpec, hookimpl
 
-from . import losses, objective
+from . import objective
 
 
 @hookimpl
@@ -14,5 +13,5 @@ def register_methods(register):
 
 
 @hookimpl
-def register_losses(register):
-    register(LossSpec(name="nll", fn=losses.nll))
+def register_config_dirs():
+    return "pkg://alignkit.plugins.sft.conf"

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from alignkit.context import RunContext
-from alignkit.interfaces import LossOutput
-from alignkit.logprobs import sequence_logprobs
-
-from .losses import nll
+from alignkit.api import LossOutput, RunContext, TokenBatch, nll, sequence_logprobs
 
 
 @dataclass
@@ -32,16 +27,16 @@ class SFTObjective:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
 
-    def weight(self, batch: dict) -> float:
-        # Micro-batches weigh by target tokens so accumulation equals one big batch.
-        return float((batch["labels"][:, 1:] != -100).sum())
+    def weight(self, batch: TokenBatch) -> float:
+        """Units: target (completion) tokens — the loss is a token mean."""
+        return float(batch.target_tokens())
 
-    def __call__(self, batch: dict) -> LossOutput:
+    def __call__(self, batch: TokenBatch) -> LossOutput:
         stats = sequence_logprobs(self.ctx.policy, batch)
         loss = nll(stats.sum, stats.count)  # ()
         return LossOutput(loss, {"tokens": float(stats.count.sum())})
 
-    def evaluate(self, batch: dict) -> dict[str, torch.Tensor]:
+    def evaluate(self, batch: TokenBatch) -> dict[str, torch.Tensor]:
         stats = sequence_logprobs(self.ctx.policy, batch)
         return {"nll_sum": -stats.sum, "tokens": stats.count.float()}  # (B,) each
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from alignkit.hookspecs import hookimpl
-from alignkit.specs import CommandSpec, DataFormatSpec, MethodSpec
+from alignkit.api import CommandSpec, DataFormatSpec, MethodSpec, hookimpl
 
 from . import commands, data_format, objective
 
@@ -11,7 +10,7 @@ from . import commands, data_format, objective
 @hookimpl
 def register_methods(register):
     register(MethodSpec(name="steerlm", build=objective.build, consumes="tokens", schema=objective.SteerLMConfig,
-                        condition=objective.condition))
+                        condition=objective.condition, requires=("methods:sft",)))
 
 
 @hookimpl
@@ -22,4 +21,10 @@ def register_data_formats(register):
 @hookimpl
 def register_commands(register):
     register(CommandSpec(name="steerlm", run=commands.main,
-                         help="SteerLM data: annotate with an attribute model, label by a function, measure steering"))
+                         help="SteerLM data: annotate with an attribute model, label by a function, measure steering",
+                         requires=("scorers:reward_model",)))
+
+
+@hookimpl
+def register_config_dirs():
+    return "pkg://alignkit.plugins.steerlm.conf"

@@ -24,13 +24,27 @@ from typing import Any, Iterable
 
 import torch
 
-from alignkit.errors import AlignkitError, ConfigError, DataError
-from alignkit.plugins.scorers.function import load_callable
+from alignkit.api import (
+    AlignkitError,
+    ConfigError,
+    DataError,
+    EncodingSettings,
+    RolloutBatch,
+    SamplingSettings,
+    end_token_ids,
+    load_callable,
+    prompt_encoding,
+    sample,
+    saved_encoding,
+)
 
 from .attributes import AttributeSchema
 from .labels import MEASURES, quantile_levels
 
 SUBCOMMANDS = ("annotate", "label", "measure")
+
+#: ``measure``'s prompt cap for a model without saved encoding settings.
+DEFAULT_PROMPT_TOKENS = 384
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -38,12 +52,11 @@ def read_records(path: str, fmt: str, limit: int | None = None) -> list[dict]:
     """Rows of ``path`` parsed by data format ``fmt`` into prompt/completion records."""
     from omegaconf import OmegaConf
 
-    from alignkit.data import DataConfig, load_records
-    from alignkit.plugin_manager import get_manager
+    from alignkit.api import DataConfig, get_registry, load_records
 
     cfg = OmegaConf.structured(DataConfig)
     cfg.format = fmt
-    return load_records(cfg, "tokens", get_manager().registry, path=path, key="--data", limit=limit)
+    return load_records(cfg, "tokens", get_registry(), path=path, key="--data", limit=limit)
 
 
 def answer_text(record: dict) -> str:
@@ -111,9 +124,9 @@ def annotate(args: argparse.Namespace) -> int:
     """Label answers with the attribute values an attribute-prediction model predicts."""
     from omegaconf import OmegaConf
 
-    from alignkit.plugin_manager import get_manager
+    from alignkit.api import get_registry
 
-    spec = get_manager().registry.get("scorers", "reward_model", where="steerlm annotate")
+    spec = get_registry().get("scorers", "reward_model", where="steerlm annotate")
     cfg = OmegaConf.structured(spec.schema)
     cfg.path, cfg.all_attributes = args.predictor, True
     cfg.batch_size, cfg.max_length = args.batch_size, args.max_length
@@ -126,7 +139,7 @@ def annotate(args: argparse.Namespace) -> int:
     def rows() -> Iterable[dict]:
         for start in _progress(range(0, len(records), args.batch_size), desc="annotate", unit="batch"):
             chunk = records[start:start + args.batch_size]
-            scores = scorer({"prompts": [r["prompt"] for r in chunk], "completions": [answer_text(r) for r in chunk]})
+            scores = scorer(RolloutBatch.from_texts([r["prompt"] for r in chunk], [answer_text(r) for r in chunk]))
             for record, row in zip(chunk, scores.tolist()):  # row: A floats
                 raw = dict(zip(schema.names, row))
                 predicted = {name: schema.quantize(value) for name, value in raw.items()}
@@ -186,29 +199,32 @@ def _run_config(model: str) -> Any:
 
 @torch.no_grad()
 def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict]], *, max_new_tokens: int,
-                     batch_size: int, max_prompt_tokens: int, desc: str,
-                     repetition_penalty: float = 1.0) -> list[tuple[str, int]]:
+                     batch_size: int, max_prompt_tokens: int | None, desc: str,
+                     repetition_penalty: float = 1.0, encoding: EncodingSettings | None = None,
+                     where: str = "the model") -> list[tuple[str, int]]:
     """Greedy answers (text, generated tokens before the end of turn) for chat prompts, batched.
+
+    Prompts are encoded as the model was trained (``encoding``: its saved
+    :class:`alignkit.encoding.EncodingSettings`, None for the defaults), keeping their last
+    ``max_prompt_tokens`` tokens (None: the saved cap, else 384). Decoding is greedy with nothing but
+    the explicit ``repetition_penalty`` (the model's ``generation_config.json`` adds nothing) and stops
+    at every end-of-turn id (:func:`alignkit.generation.end_token_ids`).
 
     ``repetition_penalty`` > 1 is the CTRL penalty (Keskar et al. 2019) transformers applies: the logit
     of every token already in the sequence is divided by it (multiplied when negative).
     """
-    encoded = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)[-max_prompt_tokens:]
-               for p in prompts]
-    eos = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    settings = prompt_encoding(tokenizer, encoding, max_prompt_tokens, default_cap=DEFAULT_PROMPT_TOKENS, where=where,
+                               source=f"--max-prompt-tokens {max_prompt_tokens}")
+    encoder = settings.encoder(tokenizer)
+    encoded = [encoder.prompt_ids(p) for p in prompts]
+    decoding = SamplingSettings(max_new_tokens=max_new_tokens, greedy=True, repetition_penalty=repetition_penalty)
+    end_ids = end_token_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[tuple[str, int]] = []
     for start in _progress(range(0, len(encoded), batch_size), desc=desc, unit="batch"):
-        chunk = encoded[start:start + batch_size]
-        width = max(len(c) for c in chunk)
-        ids = torch.tensor([[pad_id] * (width - len(c)) + list(c) for c in chunk])  # (b, P) left-padded
-        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk])  # (b, P)
-        generated = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                                   do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                                   repetition_penalty=repetition_penalty)[:, width:]  # (b, N)
-        for row in generated.tolist():
-            n = row.index(eos) if eos in row else len(row)
-            out.append((tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
+        cut = sample(model, encoded[start:start + batch_size], decoding, end_ids=end_ids, pad_id=pad_id,
+                     tokenizer=tokenizer)
+        out += [(c.text.strip(), len(c.content)) for c in cut]
     return out
 
 
@@ -224,7 +240,7 @@ def repeated_ngrams(text: str, n: int = 4) -> float:
 
 
 def _summary(words: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
-    from alignkit.stats import mean_interval
+    from alignkit.api import mean_interval
 
     w, w_low, w_high = mean_interval(words)
     t, t_low, t_high = mean_interval(tokens)
@@ -234,7 +250,7 @@ def _summary(words: torch.Tensor, tokens: torch.Tensor) -> dict[str, float]:
 
 def _quality(answers: list[tuple[str, int]], max_new_tokens: int) -> dict[str, float]:
     """Degeneration checks beside the length: repeated 4-grams (mean, 95% interval), answers cut by the limit."""
-    from alignkit.stats import mean_interval
+    from alignkit.api import mean_interval
 
     repeated, low, high = mean_interval(torch.tensor([repeated_ngrams(a) for a, _ in answers]))  # (N,)
     return {"repeated_4grams": repeated, "repeated_4grams_ci_low": low, "repeated_4grams_ci_high": high,
@@ -243,11 +259,10 @@ def _quality(answers: list[tuple[str, int]], max_new_tokens: int) -> dict[str, f
 
 def measure(args: argparse.Namespace) -> int:
     """Mean held-out answer length at each value of one attribute, the paired difference, 95% intervals."""
-    from alignkit.chat import load_for_chat
-    from alignkit.plugin_manager import get_manager
+    from alignkit.api import get_registry, load_for_inference
 
     run_cfg = _run_config(args.model)
-    spec = get_manager().registry.get("methods", run_cfg.method.name, where=f"{args.model}: method")
+    spec = get_registry().get("methods", run_cfg.method.name, where=f"{args.model}: method")
     if spec.condition is None:
         raise ConfigError(f"--model {args.model}: method={run_cfg.method.name} does not condition prompts")
     try:
@@ -301,19 +316,22 @@ def measure(args: argparse.Namespace) -> int:
             conditioned[value] = [spec.condition(run_cfg, p, {args.attribute: value}, fill_defaults=True) for p in prompts]
         except ValueError as exc:
             raise ConfigError(f"--attribute {args.attribute}={value}: {exc}") from None
-    model, tokenizer = load_for_chat(args.model)
+    model, tokenizer = load_for_inference(args.model)
+    # Each model reads prompts in the form it was trained on (chat template, system prompt, prompt cap).
+    trained = dict(options, encoding=saved_encoding(args.model), where=str(args.model))
     for value in values:
         record(f"{args.attribute}={value}", generate_answers(model, tokenizer, conditioned[value],
-                                                             desc=f"{args.attribute}={value}", **options))
+                                                             desc=f"{args.attribute}={value}", **trained))
     del model
     if args.baseline:
-        base, base_tok = load_for_chat(args.baseline)
-        record(f"baseline:{args.baseline}", generate_answers(base, base_tok, prompts, desc="baseline", **options))
+        base, base_tok = load_for_inference(args.baseline)
+        baseline = dict(options, encoding=saved_encoding(args.baseline), where=str(args.baseline))
+        record(f"baseline:{args.baseline}", generate_answers(base, base_tok, prompts, desc="baseline", **baseline))
         if args.baseline_conditioned:
             # Control: does the untrained model already follow the attribute line?
             for value in (values[0], values[-1]):
                 record(f"baseline:{args.baseline}:{args.attribute}={value}",
-                       generate_answers(base, base_tok, conditioned[value], desc=f"baseline {value}", **options))
+                       generate_answers(base, base_tok, conditioned[value], desc=f"baseline {value}", **baseline))
     save()
     print(measure_table(results))
     if args.out:
@@ -349,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictor", required=True, help="run folder of method=reward_model loss=mse (or its final/)")
     _common(p)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=1024, help="token cap on prompt + answer when scoring")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="token cap on prompt + answer when scoring (default: the predictor's saved data.max_length, else 1024)")
     p.add_argument("--keep-existing", action="store_true", help="keep attribute values the input rows already have")
     p.add_argument("--cpu", action="store_true", help="score on the CPU even when a GPU is present")
     p.set_defaults(run=annotate)
@@ -376,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="divide the logits of tokens already in the sequence (prompt included) by this (1 = plain greedy; e.g. 1.3)")
-    p.add_argument("--max-prompt-tokens", type=int, default=384, help="keep the last N prompt tokens")
+    p.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="keep the last N prompt tokens (default: the model's saved data.max_prompt_length, else 384)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", help="also write the results as JSON here")
     p.set_defaults(run=measure)

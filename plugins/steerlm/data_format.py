@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alignkit.records import as_messages
+from alignkit.api import as_messages
 
 
 def _attribute_values(raw: object) -> dict[str, int]:

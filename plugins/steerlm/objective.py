@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from alignkit.context import RunContext
-from alignkit.errors import ConfigError
+from alignkit.api import ConfigError, RunContext
 
 from .attributes import DEFAULT_ATTRIBUTES, AttributeSchema, Messages, condition_prompt, parse_attribute_string
 

@@ -84,7 +84,7 @@ def test_reinforce_trains_on_keyword_rewards(tmp_path):
     # policy gradient is not zero.
     report = check_method("reinforce", "scorer=keywords", "scorer.include=[It]", "scorer.target_words=3",
                           "scorer.length_weight=1.0", tmp_path=tmp_path)
-    assert report["kind"] == "prompts" and report["checks"][-1] == "resumes"
+    assert report["kind"] == "prompts" and "resumes" in report["checks"]
     assert report["notes"] == [], report["notes"]
 
 

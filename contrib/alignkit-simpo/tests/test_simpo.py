@@ -13,6 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from alignkit.api import PairBatch, get_registry
 from alignkit.testing import check_method
 from alignkit_simpo.losses import simpo
 from alignkit_simpo.objective import SimPOObjective
@@ -62,16 +63,17 @@ def test_objective_uses_length_normalised_logprobs():
     input_ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 11, 0, 0]])
     labels = torch.tensor([[-100, -100, 7, 8, 9], [-100, -100, 11, -100, -100]])
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "num_pairs": 1}
-    cfg = OmegaConf.create({"method": {"beta": 2.0, "gamma": 0.5, "label_smoothing": 0.0, "sft_weight": 0.0}})
-    objective = SimPOObjective(SimpleNamespace(cfg=cfg, policy=model))
+    batch = PairBatch(input_ids=input_ids, labels=labels, attention_mask=mask, num_pairs=1)
+    cfg = OmegaConf.create({"method": {"beta": 2.0, "gamma": 0.5, "label_smoothing": 0.0, "sft_weight": 0.0},
+                            "loss": {"name": "simpo"}})
+    objective = SimPOObjective(SimpleNamespace(cfg=cfg, policy=model, registry=get_registry()))
     out = objective(batch)
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=input_ids, attention_mask=mask).logits.float(), -1)  # (2, 5, V)
     chosen = (logp[0, 1, 7] + logp[0, 2, 8] + logp[0, 3, 9]) / 3  # position t predicts token t+1
     rejected = logp[1, 1, 11] / 1
     expected = -torch.nn.functional.logsigmoid(2.0 * (chosen - rejected) - 0.5)
-    assert out.loss.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert out.total().item() == pytest.approx(expected.item(), abs=1e-5)
     assert out.metrics["margin"].item() == pytest.approx(2.0 * (chosen - rejected).item(), abs=1e-5)
 
 
@@ -79,7 +81,7 @@ def test_objective_uses_length_normalised_logprobs():
 def test_conformance(tmp_path):
     report = check_method("simpo", tmp_path=tmp_path)
     assert report["kind"] == "pairs" and report["owner"].startswith("alignkit-simpo")
-    assert report["checks"] == ["registered", "composes", "loss", "trains", "resumes"]
+    assert report["checks"] == ["registered", "composes", "loss", "trains", "resumes", "dropout-free", "accumulates"]
 
 
 # ----------------------------------------------------------------------------- the command line

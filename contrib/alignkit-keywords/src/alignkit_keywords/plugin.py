@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from alignkit.hookspecs import hookimpl
-from alignkit.specs import ScorerSpec
+from alignkit.api import ScorerSpec, hookimpl
 
 from . import reward
 

@@ -18,8 +18,7 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
-from alignkit.context import RunContext
-from alignkit.errors import ConfigError
+from alignkit.api import ConfigError, RolloutBatch, RunContext
 
 
 @dataclass
@@ -85,7 +84,7 @@ def keyword_reward(completions: Sequence[str], include: Sequence[str] = (), excl
 
 
 class KeywordsScorer:
-    """Scores a batch's completion texts (``batch["completions"]``, as online rollouts give them).
+    """Scores a batch's completion texts (``batch.completions``, as online rollouts give them).
 
     A batch of token rows without texts (an offline batch) is decoded from its ``labels``: the
     completion tokens.
@@ -99,16 +98,16 @@ class KeywordsScorer:
                             target_words=cfg.target_words, length_weight=float(cfg.length_weight))
         self.tokenizer = tokenizer
 
-    def _texts(self, batch: dict) -> list[str]:
-        if "completions" in batch:
-            return [str(c) for c in batch["completions"]]
-        if self.tokenizer is not None and "labels" in batch:
+    def _texts(self, batch: Any) -> list[str]:
+        if isinstance(batch, RolloutBatch):
+            return [str(c) for c in batch.completions]
+        if self.tokenizer is not None and batch.labels.numel():
             return [self.tokenizer.decode([t for t in row.tolist() if t != -100], skip_special_tokens=True)
-                    for row in batch["labels"]]
-        raise ConfigError("scorer=keywords needs completion texts (batch['completions']) or token labels to decode; "
+                    for row in batch.labels]
+        raise ConfigError("scorer=keywords needs completion texts (batch.completions) or token labels to decode; "
                           "use it with an online method, e.g. method=reinforce")
 
-    def __call__(self, batch: dict) -> torch.Tensor:
+    def __call__(self, batch: RolloutBatch) -> torch.Tensor:
         return keyword_reward(self._texts(batch), **self.options)  # (B,)
 
 

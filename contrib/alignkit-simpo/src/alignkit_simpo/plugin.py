@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from alignkit.hookspecs import hookimpl
-from alignkit.specs import LossSpec, MethodSpec
+from alignkit.api import LossSpec, MethodSpec, hookimpl
 
 from . import losses, objective
 
 
 @hookimpl
 def register_methods(register):
-    register(MethodSpec(name="simpo", build=objective.build, consumes="pairs", needs_reference=False,
-                        schema=objective.SimPOConfig))
+    register(MethodSpec(name="simpo", build=objective.build, consumes="pairs",
+                        schema=objective.SimPOConfig, loss_family="simpo", term_options=("method.sft_weight=1",)))
 
 
 @hookimpl
 def register_losses(register):
-    register(LossSpec(name="simpo", fn=losses.simpo))
+    register(LossSpec(name="simpo", fn=losses.simpo, family="simpo", takes=("beta", "gamma", "label_smoothing")))
 
 
 @hookimpl

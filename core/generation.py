@@ -1,0 +1,346 @@
+"""Sampling completions with Hugging Face ``generate``: exactly what is configured, cut at the end of the turn.
+
+Every place alignkit generates text (the training rollout ``rollout=generate``, ``alignkit chat``,
+``alignkit generate`` and ``eval winrate|elo``, CAI's data stages, ``steerlm measure``) goes through
+this module, so three rules hold everywhere:
+
+1. **Only the configured distribution.** transformers 5 fills every field that a passed
+   ``GenerationConfig`` leaves ``None`` from ``model.generation_config`` (``GenerationMixin.
+   _prepare_generation_config``), so a model folder's ``generation_config.json`` would silently add
+   ``repetition_penalty``, ``suppress_tokens``, ``no_repeat_ngram_size``, ``top_k=50``... to sampling.
+   :func:`generation_config` builds the whole config from :class:`SamplingSettings`, and
+   :func:`own_generation_defaults` puts a neutral ``GenerationConfig()`` in place of the model's for
+   the call, so nothing is inherited. Options that make sampling differ from the temperature-scaled
+   softmax (truncation, repetition penalties, suppressed or banned tokens, a minimum length) exist
+   only as explicit settings; :func:`distorting_options` names those that are set.
+2. **Every end of turn.** :func:`end_token_ids` collects every id that ends an assistant turn: the
+   tokenizer's EOS, the model's ``generation_config.eos_token_id`` and ``config.eos_token_id`` (an int
+   or a list: Llama 3 and Gemma ship several) and the chat template's end-of-turn token
+   (:func:`turn_end_token_id`: ChatML ``<|im_end|>``, Gemma ``<end_of_turn>``, Llama 3 ``<|eot_id|>``).
+   Generation stops at any of them.
+3. **One cut.** :func:`cut_completion` ends a row at its first end id (or the token completing a stop
+   string): the end token stays in the training tokens (the policy learns to stop) and is removed from
+   the decoded text (what scorers, judges and users read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, Iterator, Sequence
+
+import torch
+
+#: The assistant text rendered to find the chat template's end-of-turn token (any plain word works).
+_PROBE = "Okay"
+
+
+# ----------------------------------------------------------------------------- end of turn
+def _add_ids(ids: set[int], value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, (list, tuple, set, frozenset)):
+        ids.update(int(v) for v in value if v is not None)
+    elif isinstance(value, torch.Tensor):
+        ids.update(int(v) for v in value.flatten().tolist())
+    else:
+        ids.add(int(value))
+
+
+def _is_special(tokenizer: Any, token_id: int) -> bool:
+    if token_id in set(getattr(tokenizer, "all_special_ids", []) or []):
+        return True
+    added = (getattr(tokenizer, "added_tokens_decoder", None) or {}).get(token_id)
+    return bool(getattr(added, "special", False))
+
+
+def turn_end_token_id(tokenizer: Any) -> int | None:
+    """The special token the chat template writes right after an assistant message, or None.
+
+    Renders ``[user: "Hi", assistant: "Okay"]`` with the template and tokenizes what follows the
+    assistant text (leading whitespace dropped); its first token is the end-of-turn token if it is a
+    special token (ChatML ``<|im_end|>``, Gemma ``<end_of_turn>``, Llama 3 ``<|eot_id|>``, Llama 2
+    ``</s>``). Templates that end turns with plain text, or cannot render this exchange, give None.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"},
+                                              {"role": "assistant", "content": _PROBE}], tokenize=False)
+    except Exception:  # noqa: BLE001 - jinja errors of templates with other rules (roles, tools, ...)
+        return None
+    at = text.rfind(_PROBE) if isinstance(text, str) else -1
+    rest = text[at + len(_PROBE):].lstrip() if at >= 0 else ""
+    if not rest:
+        return None
+    ids = tokenizer(rest, add_special_tokens=False)["input_ids"]
+    return int(ids[0]) if ids and _is_special(tokenizer, int(ids[0])) else None
+
+
+def _declaring_model(model: Any) -> Any:
+    # DDP / FSDP / DeepSpeed / PolicyModule keep the HF model in ``.module``; PEFT forwards attributes.
+    for _ in range(8):
+        if hasattr(model, "generation_config") or not hasattr(model, "module"):
+            return model
+        model = model.module
+    return model
+
+
+def end_token_ids(tokenizer: Any, model: Any = None) -> frozenset[int]:
+    """Every token id that ends an assistant turn for this tokenizer and model.
+
+    The union of ``tokenizer.eos_token_id``, the model's ``generation_config.eos_token_id`` and
+    ``config.eos_token_id`` (each an int or a list) and the chat template's end-of-turn token
+    (:func:`turn_end_token_id`). A chat model whose tokenizer EOS is ``<|endoftext|>`` but whose
+    turns end with ``<|im_end|>`` (``generation_config.eos_token_id: [0, 2]``) thus stops at both.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        model: the causal LM (possibly wrapped by DDP / FSDP / PEFT / ``PolicyModule``), or None.
+
+    Returns:
+        The ids, possibly empty for a tokenizer without EOS, template or declaring model.
+    """
+    ids: set[int] = set()
+    _add_ids(ids, getattr(tokenizer, "eos_token_id", None))
+    if model is not None:
+        declaring = _declaring_model(model)
+        for source in (getattr(declaring, "generation_config", None), getattr(declaring, "config", None)):
+            _add_ids(ids, getattr(source, "eos_token_id", None))
+    turn_end = turn_end_token_id(tokenizer)
+    if turn_end is not None:
+        ids.add(turn_end)
+    return frozenset(ids)
+
+
+# ----------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How completions are decoded; nothing else reaches ``generate``.
+
+    Attributes:
+        max_new_tokens: cap on generated tokens; a row that hits it has not ended.
+        greedy: argmax decoding (the sampling options below are then unused).
+        temperature: softmax temperature (> 0) when sampling.
+        top_p: nucleus sampling (1 = off). Truncates the distribution.
+        top_k: top-k sampling (0 = off). Truncates the distribution.
+        stop: stop strings; a row ends with the token that completes one.
+        repetition_penalty: CTRL penalty (Keskar et al. 2019): logits of tokens already in the sequence
+            are divided by it (multiplied when negative); 1 = off. Changes the distribution.
+        no_repeat_ngram_size: forbid repeating any n-gram of this size (0 = off). Changes the distribution.
+        min_new_tokens: end tokens are forbidden before this many tokens (0 = off). Changes the distribution.
+        suppress_tokens: token ids that are never generated. Changes the distribution.
+        bad_words: strings whose token sequences (as the tokenizer encodes each string alone) are
+            never generated. Changes the distribution.
+    """
+
+    max_new_tokens: int = 128
+    greedy: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    min_new_tokens: int = 0
+    suppress_tokens: tuple[int, ...] = ()
+    bad_words: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Lists from configs become tuples, so settings stay hashable and immutable.
+        for name in ("stop", "suppress_tokens", "bad_words"):
+            object.__setattr__(self, name, tuple(getattr(self, name) or ()))
+
+
+def distorting_options(settings: SamplingSettings) -> list[str]:
+    """``name=value`` of every set option that makes sampling differ from softmax(logits / T).
+
+    Empty for plain temperature sampling. A policy gradient computed with the log-probs of that
+    softmax is biased when this is not empty (the samples come from another distribution).
+    """
+    s = settings
+    found = [f"top_p={s.top_p:g}" if s.top_p < 1 else "", f"top_k={s.top_k}" if s.top_k > 0 else "",
+             f"repetition_penalty={s.repetition_penalty:g}" if s.repetition_penalty != 1 else "",
+             f"no_repeat_ngram_size={s.no_repeat_ngram_size}" if s.no_repeat_ngram_size > 0 else "",
+             f"min_new_tokens={s.min_new_tokens}" if s.min_new_tokens > 0 else "",
+             f"suppress_tokens=<{len(s.suppress_tokens)} ids>" if s.suppress_tokens else "",
+             f"bad_words={list(s.bad_words)}" if s.bad_words else ""]
+    return [f for f in found if f]
+
+
+def generation_config(settings: SamplingSettings, end_ids: Collection[int], pad_id: int, tokenizer: Any = None) -> Any:
+    """The complete ``transformers.GenerationConfig`` of ``settings``: every processor field set.
+
+    Neutral values are written out for the options left off, so even a ``generate`` that merged the
+    model's own config would find nothing unset to fill (:func:`own_generation_defaults` also
+    prevents the merge).
+
+    Args:
+        settings: what to decode.
+        end_ids: ids that end a row (:func:`end_token_ids`); generation stops at any of them.
+        pad_id: id written after a row ended.
+        tokenizer: needed only for ``settings.bad_words``.
+
+    Raises:
+        ValueError: ``bad_words`` without a tokenizer.
+    """
+    from transformers import GenerationConfig
+
+    s = settings
+    bad_words_ids = None
+    if s.bad_words:
+        if tokenizer is None:
+            raise ValueError("bad_words needs the tokenizer to encode them")
+        bad_words_ids = [list(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in s.bad_words]
+    options: dict[str, Any] = {
+        "max_new_tokens": s.max_new_tokens, "pad_token_id": pad_id, "eos_token_id": sorted(end_ids),
+        "use_cache": True, "num_beams": 1, "num_return_sequences": 1,
+        "repetition_penalty": float(s.repetition_penalty), "no_repeat_ngram_size": int(s.no_repeat_ngram_size),
+        "min_new_tokens": int(s.min_new_tokens) or None, "min_length": 0,
+        "suppress_tokens": list(s.suppress_tokens) or None, "bad_words_ids": bad_words_ids,
+        "begin_suppress_tokens": None, "sequence_bias": None, "forced_bos_token_id": None,
+        "forced_eos_token_id": None, "encoder_repetition_penalty": 1.0, "length_penalty": 1.0,
+        "renormalize_logits": False, "remove_invalid_values": False,
+    }
+    if s.greedy:
+        options["do_sample"] = False
+    else:
+        options.update(do_sample=True, temperature=float(s.temperature), top_p=float(s.top_p), top_k=int(s.top_k),
+                       min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)
+    if s.stop:
+        options["stop_strings"] = list(s.stop)
+    return GenerationConfig(**options)
+
+
+@contextlib.contextmanager
+def own_generation_defaults(model: Any) -> Iterator[None]:
+    """Within the block, ``generate`` of ``model`` inherits nothing from its ``generation_config``.
+
+    Every (sub)module holding a ``generation_config`` (the HF model inside DDP / FSDP / PEFT /
+    ``PolicyModule`` wrappers) gets a neutral ``GenerationConfig()`` instead; the originals are put
+    back afterwards, also on error.
+    """
+    from transformers import GenerationConfig
+
+    swapped = []
+    modules = model.modules() if isinstance(model, torch.nn.Module) else [model]
+    for module in modules:
+        current = module.__dict__.get("generation_config")
+        if isinstance(current, GenerationConfig):
+            swapped.append((module, current))
+            module.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        for module, original in swapped:
+            module.generation_config = original
+
+
+# ----------------------------------------------------------------------------- cutting
+def completion_end(tokens: Sequence[int], end_ids: Collection[int], stop: Sequence[str], tokenizer: Any
+                   ) -> tuple[int, bool]:
+    """Number of generated tokens that belong to the completion, and whether it ended on its own.
+
+    Args:
+        tokens: the generated token ids of one row (after the prompt), padding included.
+        end_ids: ids that end a turn (:func:`end_token_ids`); the first one is part of the completion.
+        stop: stop strings; the completion ends with the token that completes the first one.
+        tokenizer: decodes tokens to find stop strings.
+
+    Returns:
+        (length, ended): ``tokens[:length]`` is the completion; ``ended`` is False when it hit the cap.
+    """
+    end = next((i + 1 for i, t in enumerate(tokens) if t in end_ids), None)
+    if stop:
+        head = list(tokens[: end if end is not None else len(tokens)])
+        text = tokenizer.decode(head, skip_special_tokens=True)
+        if any(s in text for s in stop):
+            # The shortest prefix whose text holds a stop string: the token that completed it ends the row.
+            for n in range(1, len(head) + 1):
+                if any(s in tokenizer.decode(head[:n], skip_special_tokens=True) for s in stop):
+                    return n, True
+    if end is not None:
+        return end, True
+    return len(tokens), False
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated row, cut where it ended.
+
+    Attributes:
+        tokens: the completion as trained on: generated tokens up to and including the first end
+            token (or the token that completed a stop string); everything after it is dropped.
+        content: ``tokens`` without a final end token (what the text is decoded from).
+        text: ``content`` decoded with special tokens skipped (what scorers and users read).
+        ended: stopped on its own (end token or stop string) before ``max_new_tokens``.
+    """
+
+    tokens: list[int]
+    content: list[int]
+    text: str
+    ended: bool
+
+
+def cut_completion(tokens: Sequence[int], end_ids: Collection[int], stop: Sequence[str], tokenizer: Any) -> Completion:
+    """The :class:`Completion` of one generated row (see :func:`completion_end`)."""
+    length, ended = completion_end(tokens, end_ids, stop, tokenizer)
+    kept = [int(t) for t in tokens[:length]]
+    content = kept[:-1] if kept and kept[-1] in end_ids else kept
+    return Completion(tokens=kept, content=content, text=tokenizer.decode(content, skip_special_tokens=True), ended=ended)
+
+
+# ----------------------------------------------------------------------------- sampling
+@contextlib.contextmanager
+def private_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Draw from a fresh stream seeded with ``seed`` inside the block; the global RNG state is restored after."""
+    devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _eval_mode_generate(model: Any, **kwargs: Any) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        return model.generate(**kwargs)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def sample(model: Any, prompts: Sequence[Sequence[int]], settings: SamplingSettings, *, end_ids: Collection[int],
+           pad_id: int, tokenizer: Any, device: torch.device | None = None,
+           generate: Callable[..., torch.Tensor] | None = None) -> list[Completion]:
+    """Generate one completion per prompt (left-padded batch, KV cache) and cut each where it ended.
+
+    Draws from the global RNG (wrap in :func:`private_rng` or the rollout's own stream).
+
+    Args:
+        model: a HF causal LM, possibly wrapped (DDP / FSDP / PEFT / ``PolicyModule``).
+        prompts: token ids of each prompt (N lists, any lengths).
+        settings: what to decode (nothing is taken from the model's ``generation_config``).
+        end_ids: ids that end a turn (:func:`end_token_ids`).
+        pad_id: padding id (left padding of prompts, filler after a row ended).
+        tokenizer: decodes completions (and finds stop strings).
+        device: where the batch goes (default: the model's first parameter's device).
+        generate: ``generate(**kwargs) -> (N, P + new)`` to call instead of ``model.generate`` in eval
+            mode, e.g. :func:`alignkit.distributed.generate` for a sharded policy.
+
+    Returns:
+        N :class:`Completion` in prompt order.
+    """
+    if not prompts:
+        return []
+    device = device if device is not None else next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)  # (N, P)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (N, P)
+    kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask,
+                              "generation_config": generation_config(settings, end_ids, pad_id, tokenizer)}
+    if settings.stop:
+        kwargs["tokenizer"] = tokenizer
+    with own_generation_defaults(model):
+        out = generate(**kwargs) if generate is not None else _eval_mode_generate(model, **kwargs)  # (N, P + new)
+    return [cut_completion(row, end_ids, settings.stop, tokenizer) for row in out[:, width:].tolist()]

@@ -1,0 +1,1 @@
+"""Built-in rollouts: where batches come from (``rollout=dataset``, ``rollout=generate``, ``rollout=cai``)."""
