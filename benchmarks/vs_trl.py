@@ -42,6 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 FRAMEWORKS = ("alignkit", "trl")
+TASK = "arith"  # the bundled verifiable task (conf/data/arith.yaml)
 LN2 = math.log(2.0)
 
 
@@ -128,6 +129,12 @@ def prepare_prompts(count: int) -> list[dict]:
     return [{"prompt": [{"role": "user", "content": row["prompt"]}]} for row in rows]
 
 
+def prepare_task_prompts(count: int) -> list[dict]:
+    """The bundled verifiable task's first ``count`` training problems: chat prompt + reference answer."""
+    rows = _read_jsonl_gz(_asset(f"data/{TASK}/train.jsonl.gz"))[:count]
+    return [{"prompt": [{"role": "user", "content": row["prompt"]}], "answer": str(row["answer"])} for row in rows]
+
+
 # ---------------------------------------------------------------------------------------------- alignkit
 def _alignkit_trainer(overrides: list[str], run_dir: str, clock: StepClock):
     from alignkit import checkpoint
@@ -145,7 +152,7 @@ def _alignkit_trainer(overrides: list[str], run_dir: str, clock: StepClock):
 
     def counting_next_batch(policy=None):
         batch = next_batch(policy)
-        clock.count(batch["attention_mask"])
+        clock.count(batch.attention_mask)
         return batch
 
     trainer.rollout.next_batch = counting_next_batch
@@ -172,6 +179,20 @@ def alignkit_dpo(spec: dict, workdir: str) -> dict:
          "method.reference=cached", f"method.beta={spec['beta']}", f"trainer.batch_size={spec['batch']}",
          f"trainer.max_steps={spec['steps']}", f"trainer.optimizer.lr={spec['lr']}", "rollout.bucket=false",
          *spec.get("alignkit_overrides", [])],
+        workdir + "/alignkit-run", clock)
+    trainer.fit()
+    return clock.result(spec["steps"])
+
+
+def alignkit_grpo(spec: dict, workdir: str) -> dict:
+    data = Path(workdir) / "prompts.jsonl"
+    clock = StepClock()
+    trainer = _alignkit_trainer(
+        ["method=grpo", f"loss={spec['loss']}", "scorer=math", "data=custom", f"data.path={data}",
+         "data.format=prompts", "data.eval_fraction=0", "data.max_length=256", "data.max_prompt_length=128",
+         f"rollout.num_samples={spec['k']}", f"rollout.max_new_tokens={spec['max_new_tokens']}",
+         f"rollout.temperature={spec['temperature']}", f"trainer.batch_size={spec['prompts']}",
+         f"trainer.max_steps={spec['steps']}", f"trainer.optimizer.lr={spec['lr']}", *spec.get("alignkit_overrides", [])],
         workdir + "/alignkit-run", clock)
     trainer.fit()
     return clock.result(spec["steps"])
@@ -288,8 +309,45 @@ def trl_rloo(spec: dict, workdir: str) -> dict:
     return clock.result(spec["steps"])
 
 
+def trl_grpo(spec: dict, workdir: str) -> dict:
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from alignkit.plugins.scorers.verifiable import math_equal
+
+    clock = StepClock()
+    model, tokenizer = _trl_model()
+    rows = [json.loads(line) for line in (Path(workdir) / "prompts.jsonl").read_text().splitlines()]
+    dataset = Dataset.from_list(rows)  # prompt (message list) + answer: TRL passes the answer column by name
+
+    def math_reward(prompts, completions, answer, **kwargs):  # the checker alignkit's scorer=math runs
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [float(math_equal(text, str(gold))) for text, gold in zip(texts, answer)]
+
+    class Counting(GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            clock.count(out["prompt_mask"])
+            clock.count(out["completion_mask"], rows=False)  # the same rows' second half
+            return out
+
+    args = GRPOConfig(output_dir=workdir + "/trl-run", per_device_train_batch_size=spec["prompts"] * spec["k"],
+                      num_generations=spec["k"], max_completion_length=spec["max_new_tokens"],
+                      shuffle_dataset=False, loss_type=spec["loss"], scale_rewards="group", beta=0.0,
+                      epsilon=0.2, num_iterations=1, temperature=spec["temperature"], top_p=1.0, top_k=0,
+                      max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="constant",
+                      warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
+                      report_to=[], bf16=False, use_cpu=True, seed=0, disable_tqdm=True,
+                      dataloader_num_workers=0)
+    trainer = Counting(model=model, reward_funcs=math_reward, args=args, train_dataset=dataset,
+                       processing_class=tokenizer, callbacks=[_trl_callback(clock)])
+    trainer.train()
+    return clock.result(spec["steps"])
+
+
 CHILDREN = {("dpo", "alignkit"): alignkit_dpo, ("dpo", "trl"): trl_dpo,
-            ("rloo", "alignkit"): alignkit_rloo, ("rloo", "trl"): trl_rloo}
+            ("rloo", "alignkit"): alignkit_rloo, ("rloo", "trl"): trl_rloo,
+            ("grpo", "alignkit"): alignkit_grpo, ("grpo", "trl"): trl_grpo}
 
 
 def run_child(workload: str, framework: str, spec: dict) -> None:
@@ -341,7 +399,7 @@ def model_flops(workload: str, result: dict, shape: dict) -> float:
     n, layers, d = shape["matmul_params"], shape["layers"], shape["d"]
     mean_len = result["tokens"] / max(1, result["rows"])
     per_token = (6 * n + 12 * layers * d * mean_len) + (2 * n + 4 * layers * d * mean_len)
-    if workload == "rloo":
+    if workload in ("rloo", "grpo"):
         per_token += 2 * n + 4 * layers * d * mean_len
     return result["tokens"] * per_token
 
@@ -369,6 +427,10 @@ SPECS = {
             "alignkit_overrides": ["trainer.activation_checkpointing=1"]},
     "rloo": {"prompts": 4, "k": 4, "steps": 3, "max_new_tokens": 32, "temperature": 0.8, "beta": 0.05, "lr": 2e-5,
              "alignkit_overrides": []},
+    # TRL's GRPO defaults: loss_type "dapo" (token-level), group-normalised rewards, no KL (beta 0), one
+    # update per rollout, clip 0.2; alignkit the same with loss=dapo and method=grpo's defaults.
+    "grpo": {"prompts": 8, "k": 4, "steps": 4, "max_new_tokens": 48, "temperature": 1.0, "lr": 1e-6,
+             "loss": "dapo", "alignkit_overrides": []},
 }
 
 
@@ -380,6 +442,9 @@ def prepare(workload: str, spec: dict, workdir: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(_model_folder())
         rows = prepare_pairs(tokenizer, spec["batch"] * spec["steps"], spec["max_length"])
         (workdir / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif workload == "grpo":
+        rows = prepare_task_prompts(spec["prompts"] * spec["steps"])
+        (workdir / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     else:
         rows = prepare_prompts(spec["prompts"] * spec["steps"])
         (workdir / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -409,8 +474,8 @@ def report(summary: dict, spec: dict, runs: list[dict]) -> str:
     w = summary["workload"]
     what = (f"DPO, {spec['batch']} pairs/step, max_length {spec['max_length']}, {spec['steps']} steps"
             if w == "dpo" else
-            f"RLOO, {spec['prompts']} prompts x k={spec['k']}/step, {spec['max_new_tokens']} new tokens, "
-            f"{spec['steps']} steps")
+            f"{w.upper()}{' (loss ' + spec['loss'] + ')' if 'loss' in spec else ''}, {spec['prompts']} prompts x "
+            f"k={spec['k']}/step, {spec['max_new_tokens']} new tokens, {spec['steps']} steps")
     lines = [f"{what}; {summary['pairs']} A/B pairs, medians",
              "| | alignkit | TRL | alignkit / TRL (pair by pair) |", "|---|---|---|---|"]
     ratios = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
@@ -426,7 +491,7 @@ def report(summary: dict, spec: dict, runs: list[dict]) -> str:
         lines.append(f"first-step loss: alignkit {exact(first['alignkit'])}; TRL {exact(first['trl'])} "
                      f"(ln 2 = {LN2:.6f}); largest per-step loss gap within a pair: "
                      + ", ".join(f"{x:.1e}" for x in summary["curve_gap"]))
-    elif any(r.get("scores") for r in runs):  # the RLOO losses are defined differently: compare rewards
+    elif any(r.get("scores") for r in runs):  # the RL losses are defined differently: compare rewards
         for name in FRAMEWORKS:
             curves = [r.get("scores", []) for r in runs if r["framework"] == name]
             lines.append(f"mean reward per step, {name}: " + " | ".join(" ".join(f"{v:.3f}" for v in c) for c in curves))
@@ -441,7 +506,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    workloads = [w for w in ("dpo", "rloo") if w in results]
+    workloads = [w for w in SPECS if w in results]
     fig, axes = plt.subplots(len(workloads), 2, figsize=(10, 3.6 * len(workloads)), squeeze=False)
     colors = {"alignkit": "tab:blue", "trl": "tab:orange"}
     for row, w in enumerate(workloads):
@@ -478,7 +543,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "FRAMEWORK"))
     parser.add_argument("--spec", default="{}")
-    parser.add_argument("--workload", choices=("dpo", "rloo", "both"), default="both")
+    parser.add_argument("--workload", choices=("dpo", "rloo", "grpo", "all"), default="all")
     parser.add_argument("--pairs", type=int, default=3, help="A B pairs per workload (the order alternates)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the spec's)")
     parser.add_argument("--out", default="runs/vs_trl", help="folder for results.json, the data and the plot")
@@ -501,7 +566,7 @@ def main() -> None:
         return
     shape = model_shape()
     results: dict = {}
-    for workload in (("dpo", "rloo") if args.workload == "both" else (args.workload,)):
+    for workload in (tuple(SPECS) if args.workload == "all" else (args.workload,)):
         spec = {**SPECS[workload], "workdir": str(out / workload)}
         if args.steps:
             spec["steps"] = args.steps

@@ -12,8 +12,8 @@ Groups:
 - **the contracts** — :class:`RunContext`, :class:`LossOutput` / :class:`LossTerm` (the loss and its
   terms, each a mean over its own units), :class:`UpdatePlan`, and the protocols an objective, rollout
   or scorer follows;
-- **batches** — :class:`TokenBatch`, :class:`PairBatch`, :class:`RankedBatch`, :class:`PromptBatch`,
-  :class:`RolloutBatch`;
+- **batches** — :class:`TokenBatch`, :class:`PairBatch`, :class:`RankedBatch`, :class:`UnpairedBatch`,
+  :class:`PromptBatch`, :class:`RolloutBatch`;
 - **log-probs and losses** — :func:`sequence_logprobs` (no logits are built), :func:`nll`,
   :class:`ReferenceLogprobs`, the preference statistics;
 - **data, models, generation, encoding** — what rollouts and commands build on;
@@ -23,19 +23,32 @@ Groups:
 
 from __future__ import annotations
 
-from .batches import PairBatch, PromptBatch, RankedBatch, RolloutBatch, TokenBatch, completion_rows, padded_rows
+from .batches import (
+    PairBatch,
+    PromptBatch,
+    RankedBatch,
+    RolloutBatch,
+    TokenBatch,
+    UnpairedBatch,
+    completion_rows,
+    padded_rows,
+)
 from .callables import load_callable
 from .compose import compose, validate
 from .context import RunContext
 from .data import (
-                   COLLATORS,
-                   DataConfig,
-                   condition_records,
-                   encode_records,
-                   length_of,
-                   load_records,
-                   make_encoder,
-                   split_records,
+    COLLATORS,
+    ENCODERS,
+    DataConfig,
+    condition_records,
+    encode_records,
+    infer_format,
+    length_of,
+    load_records,
+    make_encoder,
+    rename_columns,
+    settle_format,
+    split_records,
 )
 from .datafiles import read_rows
 from .distributed import generate as generate_from_policy
@@ -45,71 +58,86 @@ from .errors import AlignkitError, CheckpointError, ConfigError, DataError, Mode
 from .generation import SamplingSettings, distorting_options, end_token_ids, private_rng, sample
 from .hookspecs import hookimpl
 from .interfaces import (
-                   Evaluates,
-                   HasExtraParameters,
-                   ListsExamples,
-                   LossOutput,
-                   LossTerm,
-                   Objective,
-                   PlansUpdates,
-                   Rollout,
-                   Samples,
-                   SavesExtras,
-                   Scorer,
-                   Stateful,
-                   UpdatePlan,
-                   mean_summary,
+    Evaluates,
+    FillsBatches,
+    HasExtraParameters,
+    ListsExamples,
+    LossOutput,
+    LossTerm,
+    Objective,
+    PlansUpdates,
+    ReportsStats,
+    Rollout,
+    Samples,
+    SavesExtras,
+    Scorer,
+    Stateful,
+    UpdatePlan,
+    mean_summary,
 )
 from .judge import JudgeScorer, JudgeScorerConfig, soft_score
 from .logprobs import (
-                   hidden_states,
-                   next_token_logprobs,
-                   sequence_logprobs,
-                   token_stats,
-                   token_stats_with_hidden,
-                   unwrap_lm,
+    hidden_states,
+    next_token_logprobs,
+    sequence_logprobs,
+    token_stats,
+    token_stats_with_hidden,
+    unwrap_lm,
 )
 from .loop import train
 from .losses import nll
 from .metrics import format_metrics, read_metrics
-from .models import ModelConfig, find_model_folder, load_for_inference, load_model
+from .models import BUNDLED_TOKENIZER, ModelConfig, find_model_folder, load_for_inference, load_model
 from .plotting import pyplot
 from .plugin_manager import get_registry
-from .records import Messages, as_messages, last_user_text
-from .reference import ReferenceLogprobs
+from .records import Messages, as_messages, can_convert, is_conversation, last_user_text, split_shared_prefix
+from .reference import ReferenceLogprobs, tokenizer_digest, weights_digest
 from .reward_models import (
-                   RewardHead,
-                   RewardModelScorer,
-                   at_last_token,
-                   last_token_hidden,
-                   resolve_reward_folder,
-                   score_sequences,
+    RewardHead,
+    RewardModelScorer,
+    at_last_token,
+    last_token_hidden,
+    resolve_reward_folder,
+    score_sequences,
 )
-from .scoring import as_rewards
-from .specs import CommandSpec, DataFormatSpec, LossSpec, MethodSpec, RolloutSpec, ScorerSpec
+from .scoring import Checker, as_rewards, time_limit
+from .specs import (
+    RECORD_KINDS,
+    AdvantageSpec,
+    CommandSpec,
+    DataFormatSpec,
+    LossSpec,
+    MethodSpec,
+    RolloutSpec,
+    ScorerSpec,
+)
 from .stages import Stage, run_stages
 from .stats import bootstrap_interval, mean_interval, preference_correct, preference_summary, tie_scale, wilson_interval
 from .tokenize import IGNORE_INDEX, Encoder, pad, text_ids, truncate_left
 
 __all__ = [
     # registering
-    "hookimpl", "MethodSpec", "LossSpec", "RolloutSpec", "ScorerSpec", "DataFormatSpec", "CommandSpec",
+    "hookimpl", "MethodSpec", "LossSpec", "AdvantageSpec", "RolloutSpec", "ScorerSpec", "DataFormatSpec", "CommandSpec",
     # the contracts
     "RunContext", "LossOutput", "LossTerm", "UpdatePlan", "Objective", "Rollout", "Scorer", "Samples", "ListsExamples",
-    "Stateful", "HasExtraParameters", "Evaluates", "PlansUpdates", "SavesExtras", "mean_summary",
+    "Stateful", "HasExtraParameters", "Evaluates", "PlansUpdates", "SavesExtras", "FillsBatches", "ReportsStats",
+    "mean_summary",
     # batches
-    "TokenBatch", "PairBatch", "RankedBatch", "PromptBatch", "RolloutBatch", "completion_rows", "padded_rows",
+    "TokenBatch", "PairBatch", "RankedBatch", "UnpairedBatch", "PromptBatch", "RolloutBatch", "completion_rows",
+    "padded_rows",
     # log-probs, losses, statistics
     "sequence_logprobs", "token_stats", "token_stats_with_hidden", "hidden_states", "next_token_logprobs", "unwrap_lm",
-    "nll", "ReferenceLogprobs", "preference_correct", "preference_summary", "tie_scale", "mean_interval",
+    "nll", "ReferenceLogprobs", "weights_digest", "tokenizer_digest", "preference_correct", "preference_summary", "tie_scale", "mean_interval",
     "wilson_interval", "bootstrap_interval",
     # data, records, tokens
     "DataConfig", "load_records", "split_records", "condition_records", "encode_records", "make_encoder", "COLLATORS",
+    "ENCODERS", "infer_format", "settle_format", "rename_columns", "split_shared_prefix", "is_conversation",
+    "can_convert", "RECORD_KINDS", "BUNDLED_TOKENIZER",
     "length_of", "read_rows", "Messages", "as_messages", "last_user_text", "IGNORE_INDEX", "Encoder", "pad",
     "text_ids", "truncate_left",
     # reward models and judges
     "RewardHead", "RewardModelScorer", "resolve_reward_folder", "at_last_token", "last_token_hidden", "score_sequences",
-    "JudgeScorer", "JudgeScorerConfig", "soft_score", "as_rewards", "load_callable",
+    "JudgeScorer", "JudgeScorerConfig", "soft_score", "as_rewards", "Checker", "time_limit", "load_callable",
     # models, generation, encoding
     "ModelConfig", "load_model", "load_for_inference", "find_model_folder", "SamplingSettings", "sample",
     "end_token_ids", "private_rng", "distorting_options", "generate_from_policy", "shard", "EncodingSettings",

@@ -6,6 +6,7 @@ One dataclass per record kind, in the manner of torchtune's ``Trajectory``:
 :class:`TokenBatch`    sequences with target tokens (SFT examples, scored answers)
 :class:`PairBatch`     preference pairs: chosen rows, then rejected rows, one forward for both
 :class:`RankedBatch`   ranked lists of completions, flattened list-major
+:class:`UnpairedBatch` single answers marked desirable or not (KTO-style unpaired preferences)
 :class:`PromptBatch`   prompts alone, left-padded for generation
 :class:`RolloutBatch`  completions sampled from the policy, k per prompt, with what scoring and the
                        method's preparation add (rewards, old log-probs, advantages, ...)
@@ -194,6 +195,20 @@ class RankedBatch(TokenBatch):
 
 
 @dataclass
+class UnpairedBatch(TokenBatch):
+    """Unpaired preference data (KTO-style): single answers, each marked desirable or not.
+
+    Attributes:
+        desirable: (E,) bool, True for an answer labelled good (``label: true`` in the data).
+    """
+
+    desirable: torch.Tensor | None = None
+
+    def _per_example(self) -> dict[str, Any]:
+        return {**super()._per_example(), "desirable": self.desirable}
+
+
+@dataclass
 class PromptBatch:
     """Prompts alone, left-padded for generation.
 
@@ -227,6 +242,8 @@ class RolloutBatch(TokenBatch):
         prompts: N chat-message lists (each prompt repeated k times).
         prompt_text: N strings, the last user message of each prompt (what a judge reads).
         completions: N decoded completions (special tokens removed, cut at the end of the turn).
+        columns: N dicts, each prompt's other fields from the data (a reference ``answer``, a level, ...),
+            what scorers that check answers read; empty dicts when the data has none.
         num_prompts: P.
         k: completions per prompt.
         index: (N,) the prompt index of each row in its split.
@@ -240,6 +257,7 @@ class RolloutBatch(TokenBatch):
     prompts: list[list[dict[str, str]]] = field(default_factory=list)
     prompt_text: list[str] = field(default_factory=list)
     completions: list[str] = field(default_factory=list)
+    columns: list[dict[str, Any]] = field(default_factory=list)
     num_prompts: int = 0
     k: int = 1
     eval_round: int | None = None
@@ -247,7 +265,7 @@ class RolloutBatch(TokenBatch):
 
     def _per_example(self) -> dict[str, Any]:
         return {**super()._per_example(), "group": self.group, "ended": self.ended, "prompts": self.prompts,
-                "prompt_text": self.prompt_text, "completions": self.completions}
+                "prompt_text": self.prompt_text, "completions": self.completions, "columns": self.columns}
 
     def _select_more(self, examples: torch.Tensor, rows: torch.Tensor, width: int) -> dict[str, Any]:
         extras = {}
@@ -262,7 +280,8 @@ class RolloutBatch(TokenBatch):
         return {"extras": extras}
 
     @classmethod
-    def from_texts(cls, prompts: list[list[dict[str, str]]], completions: list[str]) -> "RolloutBatch":
+    def from_texts(cls, prompts: list[list[dict[str, str]]], completions: list[str],
+                   columns: list[dict[str, Any]] | None = None) -> "RolloutBatch":
         """A text-only batch (no token rows: ``input_ids`` is (N, 0)), one completion per prompt: what a
         scorer is given outside training (evaluation, labelling data)."""
         from .records import last_user_text
@@ -271,7 +290,46 @@ class RolloutBatch(TokenBatch):
         empty = torch.zeros(n, 0, dtype=torch.long)  # (N, 0)
         return cls(input_ids=empty, attention_mask=empty.clone(), labels=empty.clone(), group=torch.arange(n),
                    ended=torch.ones(n), prompts=list(prompts), prompt_text=[last_user_text(p) for p in prompts],
-                   completions=list(completions), num_prompts=n, k=1)
+                   completions=list(completions), columns=list(columns) if columns else [{} for _ in range(n)],
+                   num_prompts=n, k=1)
+
+    @classmethod
+    def concat(cls, batches: list["RolloutBatch"], pad_id: int) -> "RolloutBatch":
+        """One batch of several rollouts' rows (right-padded to the widest), prompts renumbered in order.
+
+        Rewards are kept when every part has them; per-row ``extras`` and ``eval_round`` are not (concatenate
+        before the method's preparation).
+        """
+        if len(batches) == 1:
+            return batches[0]
+        width = max(b.input_ids.shape[1] for b in batches)
+
+        def padded(name: str, value: int) -> torch.Tensor:
+            return torch.cat([torch.nn.functional.pad(getattr(b, name), (0, width - b.input_ids.shape[1]), value=value)
+                              for b in batches])  # (N, T)
+
+        offsets = torch.cumsum(torch.tensor([0] + [b.num_prompts for b in batches[:-1]]), 0).tolist()
+        rewards = [b.rewards for b in batches]
+        return cls(input_ids=padded("input_ids", pad_id), attention_mask=padded("attention_mask", 0),
+                   labels=padded("labels", IGNORE_INDEX),
+                   index=torch.cat([b.index for b in batches]) if all(b.index is not None for b in batches) else None,
+                   rewards=torch.cat(rewards) if all(r is not None for r in rewards) else None,
+                   group=torch.cat([b.group + o for b, o in zip(batches, offsets)]),
+                   ended=torch.cat([b.ended for b in batches]),
+                   prompts=[p for b in batches for p in b.prompts], prompt_text=[t for b in batches for t in b.prompt_text],
+                   completions=[c for b in batches for c in b.completions], columns=[c for b in batches for c in b.columns],
+                   num_prompts=sum(b.num_prompts for b in batches), k=batches[0].k)
+
+    def groups(self) -> torch.Tensor:
+        """(P, k) row indices of each prompt's samples (rows are sample-major within a prompt)."""
+        return torch.arange(self.num_rows).view(self.num_prompts, self.k)
+
+    def select_prompts(self, prompts: torch.Tensor | list[int]) -> "RolloutBatch":
+        """The sub-batch of whole prompts (all k samples of each), renumbered 0..p−1 in the given order."""
+        prompts = torch.as_tensor(prompts, dtype=torch.long)
+        sub = self.select(self.groups()[prompts].reshape(-1))
+        return dataclasses.replace(sub, group=torch.arange(len(prompts)).repeat_interleave(self.k).to(self.group.device),
+                                   num_prompts=len(prompts))
 
     def with_extras(self, **values: torch.Tensor) -> "RolloutBatch":
         """The batch with more per-row values (the method's preparation)."""
@@ -281,8 +339,8 @@ class RolloutBatch(TokenBatch):
 Batch = TokenBatch | PromptBatch
 
 #: Every batch type by name, for checkpoints (a batch is saved as plain data: no pickled objects).
-BATCH_TYPES: dict[str, type] = {cls.__name__: cls for cls in (TokenBatch, PairBatch, RankedBatch, PromptBatch,
-                                                              RolloutBatch)}
+BATCH_TYPES: dict[str, type] = {cls.__name__: cls for cls in (TokenBatch, PairBatch, RankedBatch, UnpairedBatch,
+                                                              PromptBatch, RolloutBatch)}
 
 
 def batch_state(batch: Batch) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from .errors import AlignkitError, ConfigError, disk_full_as_error
 
-LIST_KINDS = ("methods", "losses", "rollouts", "scorers", "data_formats", "commands")
+LIST_KINDS = ("methods", "losses", "advantages", "rollouts", "scorers", "data_formats", "commands")
 
 
 def _error(message: str, code: int = 2) -> int:
@@ -195,7 +195,7 @@ def cmd_chat(argv: list[str]) -> int:
 BUILTIN_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (cmd_train, "train a method (Hydra overrides: method=dpo model=tiny trainer.max_steps=10 ...)"),
     "plugins": (cmd_plugins, "show loaded plugins, their versions, what they registered, load errors (JSON)"),
-    "ls": (cmd_ls, "list methods | losses | rollouts | scorers | data_formats | commands"),
+    "ls": (cmd_ls, "list methods | losses | advantages | rollouts | scorers | data_formats | commands"),
     "launch": (cmd_launch, "train on N processes: alignkit launch --nproc 2 method=sft ... (DDP / FSDP / DeepSpeed)"),
     "chat": (cmd_chat, "talk to a model, a checkpoint or a run's final model"),
 }

@@ -19,7 +19,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 
-from .data import DataConfig, asset_path
+from .data import DataConfig, asset_path, bundled_value
 from .distributed import DeepSpeedConfig, FsdpConfig, check_trainer
 from .errors import ConfigError, UnknownNameError
 from .models import ModelConfig
@@ -143,6 +143,8 @@ def setup() -> Registry:
     if not _READY:
         if not OmegaConf.has_resolver("asset"):
             OmegaConf.register_new_resolver("asset", asset_path)
+        if not OmegaConf.has_resolver("bundled"):
+            OmegaConf.register_new_resolver("bundled", bundled_value)
         Plugins.instance().register(AlignkitSearchPath)
         _store_schemas(registry)
         _READY = True
@@ -220,8 +222,9 @@ def check_loss(cfg: DictConfig, registry: Registry) -> None:
         raise ConfigError(f"method={method.name} needs a loss: loss=<one of {', '.join(family)}>")
     spec = registry.get("losses", loss, where="loss.name")
     if spec.family != method.loss_family:
-        raise ConfigError(f"loss={loss} is not a {method.loss_family} loss (it is a {spec.family or 'family-less'} "
-                          f"loss); method={method.name} takes: {', '.join(family)}")
+        its = f"its family is '{spec.family}'" if spec.family else "it has no family"
+        raise ConfigError(f"loss={loss} is not a loss of family '{method.loss_family}' ({its}); "
+                          f"method={method.name} takes: {', '.join(family)}")
 
 
 def validate(cfg: DictConfig) -> None:

@@ -2,11 +2,17 @@
 
 The ``data`` config group names the files, the format and the length limits; the method names the
 record kind it consumes. Bundled data lives in ``alignkit/assets/data`` and is addressed in configs
-as ``${asset:data/hh_harmless/train.jsonl.gz}``.
+as ``${asset:data/hh_harmless/train.jsonl.gz}``; what a bundled data config says about its own file
+(format, held-out file) is written ``${bundled:<asset>,<value for it>,<value for any other file>}``,
+so ``data.path=<your file>`` alone reads your file as your file (:func:`bundled_value`).
+
+``data.format: auto`` (the default; null too) infers the format from the rows' fields
+(:func:`infer_format`); a run records the inferred name in its ``config.yaml`` (:func:`settle_format`).
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +20,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .batches import PairBatch, PromptBatch, RankedBatch, TokenBatch, padded_rows
+from .batches import PairBatch, PromptBatch, RankedBatch, TokenBatch, UnpairedBatch, padded_rows
 from .datafiles import read_rows
 from .errors import DataError
 from .records import can_convert, convert
@@ -32,6 +38,26 @@ def asset_path(relative: str) -> str:
     return str(path)
 
 
+def bundled_value(asset: str, value: Any, otherwise: Any, *, _parent_: Any) -> Any:
+    """``${bundled:<asset>,<value>,<otherwise>}``: ``value`` while the node's ``path`` is the bundled file
+    ``asset``, else ``otherwise``.
+
+    A bundled data config's format, held-out file and name describe its own file only; with
+    ``data.path=<your file>`` they give way (format inference, a held-out share of your file), so a
+    changed path never keeps a format that cannot read it.
+    """
+    path = _parent_.get("path") if _parent_ is not None else None
+    if path is None:
+        return otherwise
+    return value if Path(str(path)).expanduser().resolve() == Path(asset_path(asset)).resolve() else otherwise
+
+
+#: ``data.format`` values that mean: infer it from the rows.
+AUTO_FORMATS = ("auto", None, "")
+#: Rows read to infer a format.
+INFER_ROWS = 16
+
+
 @dataclass
 class DataConfig:
     """The ``data`` config group.
@@ -41,7 +67,11 @@ class DataConfig:
         path: training data: a local JSONL / JSON / Parquet file or a ``save_to_disk`` folder.
         eval_path: held-out data in the same format; null splits ``eval_fraction`` off ``path``.
         eval_fraction: share of ``path`` held out (seeded, fixed) when ``eval_path`` is null.
-        format: a registered data format (``alignkit ls data_formats``).
+        format: a registered data format (``alignkit ls data_formats``), or ``auto`` / null: inferred
+            from the fields of the first rows of ``path`` (:func:`infer_format`), logged and written
+            into the run's ``config.yaml``.
+        columns: renames applied to every row before its format reads it, ``{old: new}``
+            (``data.columns={question: prompt, response_j: chosen, response_k: rejected}``).
         max_length: cap on prompt + completion tokens.
         max_prompt_length: cap on prompt tokens.
         truncation: what to do with a prompt over ``max_prompt_length``: ``left`` (keep its end,
@@ -56,7 +86,8 @@ class DataConfig:
     path: Optional[str] = None
     eval_path: Optional[str] = None
     eval_fraction: float = 0.0
-    format: str = "pairwise"
+    format: Optional[str] = "auto"
+    columns: Any = None  # {old: new}; typed Any so that data.columns={...} replaces it whole
     max_length: int = 512
     max_prompt_length: int = 256
     truncation: str = "left"
@@ -66,30 +97,182 @@ class DataConfig:
     system_prompt: Optional[str] = None
 
 
+def is_auto(name: Any) -> bool:
+    """Whether a ``data.format`` value asks for inference (``auto``, null)."""
+    return name in AUTO_FORMATS
+
+
+def rename_columns(row: dict, columns: Any, where: str) -> dict:
+    """``row`` with its fields renamed per ``data.columns`` (``{old: new}``).
+
+    Raises:
+        DataError: a rename onto a field the row already has (naming both).
+    """
+    if not columns:
+        return row
+    out = {k: v for k, v in row.items() if k not in columns}
+    for old, new in columns.items():
+        if old in row:
+            if new in out:
+                raise DataError(f"{where}: data.columns renames '{old}' to '{new}', but the row already has a "
+                                f"'{new}' field; drop one of them from data.columns")
+            out[new] = row[old]
+    return out
+
+
+def _columns_of(cfg: Any) -> dict[str, str]:
+    """``data.columns`` as ``{old: new}`` (empty when unset).
+
+    Raises:
+        ConfigError: not a mapping of field names.
+    """
+    from omegaconf import OmegaConf
+
+    columns = getattr(cfg, "columns", None) if not hasattr(cfg, "get") else cfg.get("columns")
+    if OmegaConf.is_config(columns):
+        columns = OmegaConf.to_container(columns, resolve=True)
+    if not columns:
+        return {}
+    if not isinstance(columns, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in columns.items()):
+        from .errors import ConfigError
+
+        raise ConfigError(f"data.columns={columns!r}: expected renames of fields, e.g. "
+                          "data.columns={question: prompt, response_j: chosen, response_k: rejected}")
+    return dict(columns)
+
+
+def settle_run_format(cfg: Any, log: Callable[[str], None] | None = None) -> None:
+    """Settle the ``data.format`` of run config ``cfg`` (:func:`settle_format`) for the record kind its
+    method consumes; nothing when it names a format already or has no ``data.path``."""
+    data = cfg.get("data")
+    if data is None or not is_auto(data.get("format")) or not (data.get("path") or data.get("eval_path")):
+        return
+    from .plugin_manager import get_manager
+
+    registry = get_manager().registry
+    method = cfg.get("method")
+    kind = registry.get("methods", method.name, where="method").kind_for(cfg) if method is not None else None
+    settle_format(data, registry, kind=kind, log=log)
+
+
+def _first_rows(path: str, key: str, columns: dict[str, str], n: int) -> list[tuple[str, dict]]:
+    rows = list(itertools.islice(read_rows(path, key=key), n))
+    if not rows:
+        raise DataError(f"{key}={path}: the dataset is empty")
+    missing = [old for old in columns if not any(old in row for _, row in rows)]
+    if missing:
+        raise DataError(f"{rows[0][0]}: data.columns renames {missing} but the rows have no such field (fields: "
+                        f"{sorted(rows[0][1])})")
+    return [(where, rename_columns(row, columns, where)) for where, row in rows]
+
+
+def _expects(spec: Any) -> str:
+    """``pairwise {chosen, rejected, [prompt, margin, label]}``: required fields, then [optional] ones."""
+    optional = [k for k in spec.keys if k not in spec.required]
+    fields = list(spec.required) + ([f"[{', '.join(optional)}]"] if optional else [])
+    return f"{spec.name} {{{', '.join(fields)}}}" if fields else spec.name
+
+
+def infer_format(path: str, registry: Registry, *, columns: dict[str, str] | None = None, kind: str | None = None,
+                 key: str = "data.path", rows: int = INFER_ROWS) -> Any:
+    """The registered data format that reads the first ``rows`` rows of ``path``.
+
+    Every registered format (third-party ones included) whose :meth:`~alignkit.specs.DataFormatSpec.matches`
+    accepts each of those rows is a candidate; the one reading the most of their fields
+    (:meth:`~alignkit.specs.DataFormatSpec.reads`) wins: ``{"prompt", "chosen", "rejected"}`` is
+    ``pairwise``, not ``prompts``. A tie is broken by the record ``kind`` the method needs, when given.
+
+    Args:
+        path: the data file or folder.
+        registry: the registered formats.
+        columns: ``data.columns`` renames, applied first.
+        kind: the record kind the method consumes, to break a tie.
+        key: the config key (or option) ``path`` came from, for errors.
+        rows: how many rows to look at.
+
+    Returns:
+        The winning :class:`~alignkit.specs.DataFormatSpec`.
+
+    Raises:
+        DataError: one line naming the file, the fields found and the formats that would take
+            them: none matches, or several match equally.
+    """
+    sample = _first_rows(path, key, dict(columns or {}), rows)
+    fields = sorted({k for _, row in sample for k in row})
+    union = dict.fromkeys(fields)
+    specs = [entry.spec for entry in registry.entries("data_formats")]
+    candidates = [spec for spec in specs if all(spec.matches(row) for _, row in sample)]
+    if not candidates:
+        near = [s for s in specs if set(s.required or s.keys) & set(fields)] or specs
+        hint = ("; or rename fields with data.columns={" + ", ".join(f"{f}: ..." for f in fields[:3]) + "}")
+        raise DataError(f"{sample[0][0]}: no data format reads rows with fields {fields}; formats that take "
+                        f"similar rows: {'; '.join(_expects(s) for s in near)}. Pass data.format=<name> "
+                        f"(alignkit ls data_formats){hint}")
+    best = max(spec.reads(union) for spec in candidates)
+    top = [spec for spec in candidates if spec.reads(union) == best]
+    if len(top) > 1 and kind is not None:
+        top = [spec for spec in top if can_convert(spec.produces, kind)] or top
+    if len(top) > 1:
+        raise DataError(f"{key}={path}: rows with fields {fields} fit several data formats: "
+                        f"{', '.join(s.name for s in top)}; pass data.format=<one of them>")
+    return top[0]
+
+
+def settle_format(cfg: Any, registry: Registry, *, kind: str | None = None,
+                  log: Callable[[str], None] | None = None) -> str:
+    """The ``data`` node's format name; an ``auto`` one is inferred from ``data.path`` and written back.
+
+    A run calls this before it saves ``config.yaml`` (:func:`alignkit.runfolder.prepare`), so the saved
+    (and resumed) config names the format; the inference is logged in one line through ``log``.
+    """
+    name = cfg.get("format") if hasattr(cfg, "get") else getattr(cfg, "format", None)
+    if not is_auto(name):
+        return str(name)
+    path, key = (cfg.path, "data.path") if cfg.path else (cfg.eval_path, "data.eval_path")
+    if not path:
+        raise DataError("data.path is not set; pass data.path=<local file or folder>")
+    spec = infer_format(str(path), registry, columns=_columns_of(cfg), kind=kind, key=key)
+    cfg.format = spec.name
+    if log is not None:
+        log(f"data: data.format={spec.name} inferred from the fields of {path} ({spec.produces} records; "
+            "pass data.format=<name> to choose another)")
+    return spec.name
+
+
 def load_records(cfg: Any, kind: str, registry: Registry, *, path: str | None = None, key: str = "data.path",
                  limit: int | None = None) -> list[dict]:
     """Read a data file and parse every row into a record of ``kind``.
 
+    ``cfg`` is the ``data`` node or anything with its ``format`` (``auto``: inferred from this file,
+    :func:`infer_format`) and optional ``columns`` (renames, :func:`rename_columns`).
+
     Raises:
-        DataError: missing file, malformed row (with its file:line), a format that cannot give
-            ``kind``, or an empty dataset.
+        DataError: missing file, malformed row (with its file:line, the field and what was expected),
+            a format that cannot give ``kind``, or an empty dataset.
     """
     if path is None:
         raise DataError(f"{key} is not set; pass {key}=<local file or folder>")
-    fmt = registry.get("data_formats", cfg.format, where="data.format")
+    columns = _columns_of(cfg)
+    name = getattr(cfg, "format", None) if not hasattr(cfg, "get") else cfg.get("format")
+    if is_auto(name):
+        fmt = infer_format(path, registry, columns=columns, kind=kind, key=key)
+    else:
+        fmt = registry.get("data_formats", name, where="data.format")
     if not can_convert(fmt.produces, kind):
         raise DataError(
-            f"data.format={cfg.format} gives '{fmt.produces}' records but this method needs '{kind}' records"
+            f"data.format={fmt.name} gives '{fmt.produces}' records but this method needs '{kind}' records"
         )
+    renamed = f"; data.columns renames {columns}" if columns else ""
     records: list[dict] = []
     for where, row in read_rows(path, key=key):
+        row = rename_columns(row, columns, where)
         missing = [field for field in fmt.required if field not in row]
         if missing:
-            raise DataError(f"{where}: missing field(s) {missing} for data.format={cfg.format} (has {sorted(row)})")
+            raise DataError(f"{where}: missing field(s) {missing} for data.format={fmt.name} (has {sorted(row)}{renamed})")
         try:
             record = fmt.parse(row)
         except (ValueError, TypeError, KeyError) as exc:
-            raise DataError(f"{where}: {exc}") from None
+            raise DataError(f"{where}: {exc} (data.format={fmt.name})") from None
         record = convert(record, fmt.produces, kind)
         record["_where"] = where
         records.append(record)
@@ -100,8 +283,13 @@ def load_records(cfg: Any, kind: str, registry: Registry, *, path: str | None = 
     return records
 
 
-def split_records(cfg: Any, registry: Registry, kind: str, seed: int) -> tuple[list[dict], list[dict]]:
-    """Training and held-out records per the ``data`` config."""
+def split_records(cfg: Any, registry: Registry, kind: str, seed: int, *,
+                  log: Callable[[str], None] | None = None) -> tuple[list[dict], list[dict]]:
+    """Training and held-out records per the ``data`` config (an ``auto`` format settled first, see
+    :func:`settle_format`; ``log`` gets its line, stderr by default)."""
+    if log is None:
+        from .encoding import report as log
+    settle_format(cfg, registry, kind=kind, log=log)
     train = load_records(cfg, kind, registry, path=cfg.path, key="data.path",
                          limit=None if cfg.eval_path or cfg.eval_fraction else cfg.max_examples)
     if cfg.eval_path:
@@ -167,11 +355,20 @@ def _encode_ranked(enc: Encoder, r: dict) -> dict:
 
 
 def _encode_prompts(enc: Encoder, r: dict) -> dict:
-    return {"prompt_ids": enc.prompt_ids(r["prompt"], r["_where"]), "prompt": r["prompt"]}
+    # ``columns``: the row's other fields (a reference answer, ...), passed on with every sample of the prompt.
+    return {"prompt_ids": enc.prompt_ids(r["prompt"], r["_where"]), "prompt": r["prompt"],
+            "columns": dict(r.get("columns") or {})}
+
+
+def _encode_unpaired(enc: Encoder, r: dict) -> dict:
+    out = enc.encode(r["prompt"], r["completion"], r["_where"])
+    out["label"] = bool(r["label"])
+    return out
 
 
 ENCODERS: dict[str, Callable[[Encoder, dict], dict]] = {
     "tokens": _encode_tokens, "pairs": _encode_pairs, "ranked": _encode_ranked, "prompts": _encode_prompts,
+    "unpaired": _encode_unpaired,
 }
 
 
@@ -221,8 +418,14 @@ def _collate_prompts(examples: list[dict], pad_id: int) -> PromptBatch:
                        prompts=[e["prompt"] for e in examples])
 
 
+def _collate_unpaired(examples: list[dict], pad_id: int) -> UnpairedBatch:
+    rows = padded_rows([e["input_ids"] for e in examples], [e["labels"] for e in examples], pad_id)
+    return UnpairedBatch(**rows, desirable=torch.tensor([e["label"] for e in examples], dtype=torch.bool))  # (B,)
+
+
 COLLATORS: dict[str, Callable[[list[dict], int], Any]] = {
     "tokens": _collate_tokens, "pairs": _collate_pairs, "ranked": _collate_ranked, "prompts": _collate_prompts,
+    "unpaired": _collate_unpaired,
 }
 
 
@@ -232,7 +435,8 @@ def make_encoder(cfg: Any, tokenizer: Any) -> Encoder:
 
 
 #: How logs and errors name records of each kind.
-_NOUNS = {"tokens": "examples", "pairs": "pairs", "ranked": "ranked lists", "prompts": "prompts"}
+_NOUNS = {"tokens": "examples", "pairs": "pairs", "ranked": "ranked lists", "prompts": "prompts",
+          "unpaired": "unpaired examples"}
 
 
 def completion_labels(kind: str, example: dict) -> list[list[int]]:
@@ -241,7 +445,7 @@ def completion_labels(kind: str, example: dict) -> list[list[int]]:
         rows = [example["chosen_labels"], example["rejected_labels"]]
     elif kind == "ranked":
         rows = list(example["labels"])
-    elif kind == "tokens":
+    elif kind in ("tokens", "unpaired"):
         rows = [example["labels"]]
     else:
         return []
@@ -271,6 +475,21 @@ def _drop_label(kind: str, reason: str) -> str:
     return f"{noun} with an empty completion after truncation"
 
 
+#: Records whose conversations an encoder tokenizes in one batch (:meth:`alignkit.tokenize.Encoder.warm`).
+_WARM_CHUNK = 256
+
+
+def conversations(kind: str, record: dict) -> list[tuple[Any, Any]]:
+    """``[(prompt, completion)]`` a record of ``kind`` is encoded from (completion None for prompts)."""
+    if kind == "pairs":
+        return [(record["prompt"], record["chosen"]), (record["prompt"], record["rejected"])]
+    if kind == "ranked":
+        return [(record["prompt"], c) for c in record["completions"]]
+    if kind in ("tokens", "unpaired"):
+        return [(record["prompt"], record["completion"])]
+    return [(record["prompt"], None)]
+
+
 def encode_records(records: list[dict], kind: str, encoder: Encoder, *, split: str = "training") -> list[dict]:
     """Token ids of every record, without those that truncation left with nothing to learn.
 
@@ -279,7 +498,7 @@ def encode_records(records: list[dict], kind: str, encoder: Encoder, *, split: s
 
     Args:
         records: parsed records of ``kind``.
-        kind: tokens | pairs | ranked | prompts.
+        kind: tokens | pairs | ranked | prompts | unpaired.
         encoder: the run's :class:`~alignkit.tokenize.Encoder` (its stats accumulate).
         split: ``training`` or ``held-out``, for the error.
 
@@ -288,13 +507,20 @@ def encode_records(records: list[dict], kind: str, encoder: Encoder, *, split: s
     """
     kept: list[dict] = []
     dropped: dict[str, int] = {}
-    for record in records:
-        example = ENCODERS[kind](encoder, record)
-        reason = drop_reason(kind, example)
-        if reason is None:
-            kept.append(example)
-        else:
-            dropped[reason] = dropped.get(reason, 0) + 1
+    warm = getattr(encoder, "warm", None)
+    for start in range(0, len(records), _WARM_CHUNK):
+        chunk = records[start:start + _WARM_CHUNK]
+        if warm is not None:  # the chunk's conversations tokenized in two batched calls
+            warm(item for record in chunk for item in conversations(kind, record))
+        for record in chunk:
+            example = ENCODERS[kind](encoder, record)
+            reason = drop_reason(kind, example)
+            if reason is None:
+                kept.append(example)
+            else:
+                dropped[reason] = dropped.get(reason, 0) + 1
+    if warm is not None:
+        encoder.forget()
     for reason, n in dropped.items():
         label = _drop_label(kind, reason)
         encoder.stats.dropped[label] = encoder.stats.dropped.get(label, 0) + n

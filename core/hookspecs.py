@@ -26,8 +26,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def register_methods(register: Callable) -> None:
     """Register training methods (``method=<name>`` on the command line).
 
-    Call ``register(MethodSpec(...))`` once per method. A :class:`alignkit.specs.MethodSpec` names
-    the method, the function that builds its :class:`alignkit.interfaces.Objective` (``weight`` +
+    Call ``register(MethodSpec(...))`` once per method. A :class:`alignkit.api.MethodSpec` names
+    the method, the function that builds its :class:`alignkit.api.Objective` (``weight`` +
     ``__call__``), the record kind it consumes (``tokens``, ``pairs``, ``ranked``, ``prompts``), an
     optional dataclass ``schema`` that types ``cfg.method``, the ``loss_family`` its ``loss=`` takes,
     the ``term_options`` that add loss terms (checked for accumulation invariance by
@@ -50,8 +50,20 @@ def register_losses(register: Callable) -> None:
     Call ``register(LossSpec(name=..., fn=..., family=...))``. ``fn`` is a pure function on tensors
     (no model, no config object); its docstring should give the paper, the formula and the tensor
     shapes, because ``alignkit ls losses`` shows its first line. ``family`` decides which methods take
-    it (their ``MethodSpec.loss_family``); ship ``loss/<name>.yaml`` (and one per alias) in a config
-    dir. Helper math that no user selects is not registered: it is a plain function.
+    it (their ``MethodSpec.loss_family``): it names a calling convention, the arguments those methods
+    pass, so reuse a family only to be called that way. Ship ``loss/<name>.yaml`` (and one per alias)
+    in a config dir. Helper math that no user selects is not registered: it is a plain function.
+    """
+
+
+@hookspec
+def register_advantages(register: Callable) -> None:
+    """Register advantage estimators of online methods (``method.advantage=<name>``).
+
+    Call ``register(AdvantageSpec(name=..., fn=...))``. ``fn(rewards, **options)`` maps the rewards
+    (P, k) of P prompts with k sampled completions each to advantages (P, k), a pure function;
+    ``needs_groups=True`` when it compares a prompt's k completions. ``alignkit ls advantages`` lists
+    them; ``method=grpo`` and ``method=reinforce`` take any of them by name.
     """
 
 
@@ -60,7 +72,7 @@ def register_rollouts(register: Callable) -> None:
     """Register rollouts: where training batches come from (``rollout=<name>``).
 
     Call ``register(RolloutSpec(name=..., build=...))``; ``build(context, cfg.rollout)`` returns an
-    object following :class:`alignkit.interfaces.Rollout`.
+    object following :class:`alignkit.api.Rollout`.
     """
 
 
@@ -69,7 +81,7 @@ def register_scorers(register: Callable) -> None:
     """Register scorers: what a completion is worth (``scorer=<name>``).
 
     Call ``register(ScorerSpec(name=..., build=...))``; ``build(context, cfg.scorer)`` returns an
-    object following :class:`alignkit.interfaces.Scorer` that maps trajectories to rewards (B,) or
+    object following :class:`alignkit.api.Scorer` that maps trajectories to rewards (B,) or
     (B, A).
     """
 
@@ -107,6 +119,7 @@ def register_commands(register: Callable) -> None:
 HOOK_NAMES = (
     "register_methods",
     "register_losses",
+    "register_advantages",
     "register_rollouts",
     "register_scorers",
     "register_data_formats",

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol, Union, runtime_checkable
+from typing import Any, Callable, Iterator, Mapping, Protocol, Union, runtime_checkable
 
 import torch
 
@@ -147,10 +147,31 @@ class Samples(Protocol):
     Attributes:
         temperature: the sampling temperature; objectives compute log-probs at this temperature.
         num_samples: completions per prompt (k).
+        max_new_tokens: the cap on a completion's length (the generation budget).
     """
 
     temperature: float
     num_samples: int
+    max_new_tokens: int
+
+
+@runtime_checkable
+class FillsBatches(Protocol):
+    """A rollout that decides, once a batch is scored, which of its rows to train on and whether to sample
+    more (DAPO's dynamic sampling: groups whose rewards are all equal carry no signal)."""
+
+    def fill(self, batch: Any, more: Callable[[], Any]) -> Any:
+        """The batch to train on, given the scored ``batch`` and ``more()``, which samples and scores another."""
+        ...
+
+
+@runtime_checkable
+class ReportsStats(Protocol):
+    """A rollout or scorer with counts to log each step (checker errors and time-outs, refills, ...)."""
+
+    def pop_stats(self) -> dict[str, float]:
+        """What happened since the last call (then forgotten): name -> number, logged with the step."""
+        ...
 
 
 @runtime_checkable
@@ -245,7 +266,7 @@ class Capabilities:
         if not isinstance(objective, Objective):
             missing = [m for m in ("weight", "__call__") if not callable(getattr(objective, m, None))]
             raise TypeError(f"{where}: {type(objective).__name__} is not an Objective (missing {', '.join(missing)}; "
-                            "see alignkit.interfaces.Objective)")
+                            "see alignkit.api.Objective and Step 4 of docs/plugins.md)")
 
         def check(protocol: type) -> Any:
             return objective if isinstance(objective, protocol) else None

@@ -136,7 +136,8 @@ class JudgeScorer:
     def choice_logprobs(self, rows: list[list[int]]) -> torch.Tensor:
         """(B, C) full-vocabulary log-probs of each answer token after each judge prompt."""
         model = self.model
-        device = next(model.parameters()).device
+        # The run's device when judging with its reference (a LoRA reference view owns no parameters).
+        device = self.ctx.device if self._model is None else next(model.parameters()).device
         pad_id = self.tokenizer.pad_token_id
         ids = torch.tensor(pad(rows, pad_id), device=device)  # (B, L) right-padded: positions as usual
         mask = torch.tensor(pad([[1] * len(r) for r in rows], 0), device=device)  # (B, L)

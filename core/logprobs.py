@@ -38,6 +38,7 @@ from typing import Any, Iterator
 import torch
 
 from alignkit import kernels
+from alignkit.kernels.token_stats import mean_from_sum
 
 from .tokenize import IGNORE_INDEX
 
@@ -388,22 +389,27 @@ def _trunk_hidden_states(lm: Any, input_ids: torch.Tensor, attention_mask: torch
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, T, d)
 
 
-def _scored_rows_only(stats_of: Any, hidden: torch.Tensor, targets: torch.Tensor) -> kernels.TokenStats:
-    """``stats_of(hidden, targets)`` on the rows with a scored target, zeros for the others.
+def _scored_positions_only(stats_of: Any, hidden: torch.Tensor, targets: torch.Tensor) -> kernels.TokenStats:
+    """``stats_of(hidden, targets)`` on the positions with a scored target only, zeros elsewhere.
 
-    The LM regulariser of a reward model scores the chosen half of a batch only: its rejected rows
-    would cost a full pass over the vocabulary for nothing.
+    Prompt and padding positions have no target, yet each would cost a pass over the whole
+    vocabulary in the output head: in an HH-RLHF batch five positions in six are prompt or padding,
+    and the LM regulariser of a reward model scores the chosen half of a batch only. So the scored
+    positions go through the head as one packed row (M,), and their values are spread back; a
+    row's sum is then the plain sum over its (B, T) row, zeros included, as the kernels take it.
     """
-    scored = (targets != IGNORE_INDEX).any(dim=1)  # (B,)
-    if bool(scored.all()):
+    scored = targets != IGNORE_INDEX  # (B, T)
+    if bool(scored.all()) or not bool(scored.any()):
         return stats_of(hidden, targets)
-    rows = scored.nonzero().squeeze(1)  # (b,)
-    part = stats_of(hidden[rows], targets[rows])
+    count = scored.sum(dim=1)  # (B,) int64
+    part = stats_of(hidden[scored][None], targets[scored][None])  # (1, M) per position
 
-    def put(x: torch.Tensor | None) -> torch.Tensor | None:
-        return None if x is None else x.new_zeros((targets.shape[0], *x.shape[1:])).index_copy(0, rows, x)
+    def spread(x: torch.Tensor | None) -> torch.Tensor | None:  # (1, M) -> (B, T), 0 where not scored
+        return None if x is None else x.new_zeros(targets.shape).masked_scatter(scored, x[0])
 
-    return kernels.TokenStats(put(part.logprobs), put(part.entropy), put(part.sum), put(part.mean), put(part.count))
+    logprobs = spread(part.logprobs)  # (B, T)
+    total = logprobs.sum(dim=1)  # (B,)
+    return kernels.TokenStats(logprobs, spread(part.entropy), total, mean_from_sum(total, count), count)
 
 
 def _own_logits_stats(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, *,
@@ -423,7 +429,7 @@ def _lm_token_stats(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
         return _own_logits_stats(lm, input_ids, attention_mask, labels, temperature=temperature, entropy=entropy,
                                  with_hidden=with_hidden)
     hidden = _trunk_hidden_states(lm, input_ids, attention_mask)  # (B, T, d)
-    stats = _scored_rows_only(lambda h, y: head.token_stats(h, y, temperature=temperature, entropy=entropy),
+    stats = _scored_positions_only(lambda h, y: head.token_stats(h, y, temperature=temperature, entropy=entropy),
                               hidden[:, :-1], labels[:, 1:])  # over the T-1 predicted positions
     return (stats, hidden) if with_hidden else stats
 

@@ -22,7 +22,7 @@ from . import checkpoint as ckpt
 from . import distributed, run_state
 from .batches import batch_from_state, batch_state
 from .errors import TrainingError
-from .interfaces import UpdatePlan, units_by_term
+from .interfaces import FillsBatches, ReportsStats, UpdatePlan, units_by_term
 from .metrics import format_metrics, to_float
 from .run import Run, build_run
 from .run_state import RunResult
@@ -42,14 +42,14 @@ class Trainer:
         self.step = 0
         self.pending: UpdatePlan | None = None  # micro-batches of the current rollout not trained on yet
 
-    def log(self, line: str) -> None:
-        self.run.console.log(line)
-
     # ------------------------------------------------------------------ the update stream
     def _score(self, batch: Any) -> Any:
         if self.run.scorer is None or batch.rewards is not None:
             return batch
         return batch.with_rewards(checked_rewards(self.run.scorer(batch), batch, self.cfg.scorer.name))
+
+    def _sample(self) -> Any:
+        return self._score(self.rollout.next_batch(self.policy).to(self.run.accelerator.device))
 
     def _update_stream(self) -> Iterator[Any]:
         """Scored rollout batches, or the micro-batches of each one's update plan."""
@@ -61,7 +61,9 @@ class Trainer:
                 yield self.pending.batch.select(self.pending.rows.pop(0))
                 continue
             self.pending = None
-            batch = self._score(self.rollout.next_batch(self.policy).to(self.run.accelerator.device))
+            batch = self._sample()
+            if isinstance(self.rollout, FillsBatches):  # e.g. dynamic sampling: more until the batch has signal
+                batch = self.rollout.fill(batch, self._sample)
             if plans is None:
                 yield batch
             else:
@@ -103,6 +105,9 @@ class Trainer:
             params = [p for group in self.run.optimizer.param_groups for p in group["params"]]
             sums["grad_norm"] = to_float(accelerator.clip_grad_norm_(params, self.cfg.trainer.max_grad_norm))
         sums["lr"] = self.run.scheduler.get_last_lr()[0]
+        for source in (self.rollout, self.run.scorer):  # counts of the step (checker time-outs, refills, ...)
+            if isinstance(source, ReportsStats):
+                sums.update(distributed.reduce_metrics(source.pop_stats(), accelerator))
         self.run.optimizer.step()
         self.run.scheduler.step()
         self.run.optimizer.zero_grad(set_to_none=True)
@@ -172,8 +177,8 @@ class Trainer:
         if self.run.is_main:
             removed = run_state.restore_metrics_log(self.run_dir, resume.checkpoint, state, self.cfg.trainer.keep_last)
             if removed:
-                self.log(f"removed what an interrupted run left behind: {', '.join(removed)}")
-        self.log(f"resumed from {resume.checkpoint} at step {self.step}")
+                self.run.console.log(f"removed what an interrupted run left behind: {', '.join(removed)}")
+        self.run.console.log(f"resumed from {resume.checkpoint} at step {self.step}")
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> RunResult:
@@ -186,7 +191,7 @@ class Trainer:
             result.eval_before = self.evaluate()
             if result.eval_before:
                 metrics.log(0, result.eval_before, split="eval")
-                self.log("held-out before training: " + format_metrics(result.eval_before))
+                self.run.console.log("held-out before training: " + format_metrics(result.eval_before))
             self._write_summary(result)
         stream = self._update_stream()
         bar = self._progress(range(self.step, tcfg.max_steps), desc=f"{self.cfg.method.name}", initial=self.step,
@@ -205,7 +210,7 @@ class Trainer:
                 scores = self.evaluate()
                 if scores:
                     metrics.log(self.step, scores, split="eval")
-                    self.log(f"held-out at step {self.step}: " + format_metrics(scores))
+                    self.run.console.log(f"held-out at step {self.step}: " + format_metrics(scores))
             if tcfg.save_every and self.step % tcfg.save_every == 0:
                 self._save()
         self.run.console.bar = None

@@ -299,7 +299,8 @@ def prepare(cfg: DictConfig, run_dir: str | Path, *, log: Callable[[str], None] 
             pending: bool = False) -> Callable[[], None]:
     """Get ``run_dir`` ready for the run ``cfg`` before anything trains (every entry point calls this).
 
-    Fresh: :func:`claim_fresh` (``overwrite``), then ``config.yaml`` and ``plugins.json``. Resumed:
+    Fresh: :func:`claim_fresh` (``overwrite``), then ``data.format: auto`` inferred from the data
+    (:func:`alignkit.data.settle_run_format`, logged), then ``config.yaml`` and ``plugins.json``. Resumed:
     the config is compared with the saved one and each change printed and checked; the changes are
     recorded only by the returned ``commit()``, which the caller runs once the run is built (so a
     resume that fails to start, say on a stale reference cache, leaves ``config.yaml`` as it was).
@@ -321,9 +322,12 @@ def prepare(cfg: DictConfig, run_dir: str | Path, *, log: Callable[[str], None] 
         ConfigError: a resume that changes what the steps compute without ``resume_force=true``, or
             a ``resume=`` folder other than the run folder.
     """
+    from .data import settle_run_format
+
     run_dir = Path(run_dir)
     if not cfg.get("resume"):
         claim_fresh(run_dir, overwrite=bool(cfg.get("overwrite", False)), log=log)
+        settle_run_format(cfg, log)  # data.format=auto: the inferred format is what config.yaml records
         write_run_files(cfg, run_dir)
         return _no_op
     resume_dir = Path(str(cfg.resume))
@@ -336,6 +340,7 @@ def prepare(cfg: DictConfig, run_dir: str | Path, *, log: Callable[[str], None] 
     (run_dir / PENDING).unlink(missing_ok=True)  # left by a launch whose workers failed to start
     saved = load_saved_config(run_dir)
     if saved is None:  # a folder from before config.yaml was kept: record what continues it
+        settle_run_format(cfg, log)
         write_run_files(cfg, run_dir)
         return _no_op
     changes = config_changes(saved, cfg)

@@ -12,7 +12,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-RECORD_KINDS = ("tokens", "pairs", "ranked", "prompts")
+RECORD_KINDS = ("tokens", "pairs", "ranked", "prompts", "unpaired")
 
 
 def _first_line(obj: Any) -> str:
@@ -130,6 +130,26 @@ class LossSpec(_Spec):
 
 
 @dataclass(frozen=True)
+class AdvantageSpec(_Spec):
+    """An advantage estimator for online methods (``method.advantage=<name>``): rewards -> advantages.
+
+    Attributes:
+        name: what ``method.advantage`` (``method.baseline`` for ``reinforce``) selects.
+        fn: ``fn(rewards (P, k), **options) -> advantages (P, k)``: P prompts, k completions each, one
+            reward per completion (sample-major rows, as rollouts lay them out); pure, no state.
+        needs_groups: compares the k completions of a prompt (k >= 2 required).
+        takes: method options passed to ``fn`` when the method has them (``scale_by_std``).
+        summary: one line for ``alignkit ls advantages``.
+    """
+
+    KIND = "advantages"
+    fn: Callable[..., Any] = None  # type: ignore[assignment]
+    needs_groups: bool = False
+    takes: tuple[str, ...] = ()
+    summary: str = ""
+
+
+@dataclass(frozen=True)
 class RolloutSpec(_Spec):
     """Where batches come from: ``build(context, cfg.rollout) -> Rollout``.
 
@@ -161,10 +181,23 @@ class ScorerSpec(_Spec):
 class DataFormatSpec(_Spec):
     """How one raw row becomes a record: ``parse(row) -> dict`` of kind ``produces``.
 
+    ``data.format: auto`` (or null) infers the format of a file from its first rows
+    (:func:`alignkit.data.infer_format`): every registered format whose :meth:`matches` accepts them
+    is a candidate, and the one that reads the most of the rows' fields (:meth:`reads`) wins; a tie
+    or no candidate is an error listing the fields found and the formats that would take them.
+
     Attributes:
         parse: raises ``ValueError`` with a short reason for a bad row.
         produces: record kind (one of ``RECORD_KINDS``).
         required: top-level fields a row must have (checked before ``parse``, for clear errors).
+        summary: one line for ``alignkit ls data_formats``.
+        keys: every top-level field the format reads when present (``required`` included or not):
+            what ranks candidates in inference, so ``{"prompt", "chosen", "rejected"}`` picks
+            ``pairwise`` over ``prompts``.
+        detect: ``detect(row) -> bool``, whether a row looks like this format, for formats whose
+            fields alone do not say it (HH-RLHF transcripts, conversations without a prompt field).
+            Default: the row has every ``required`` field. A format with neither never matches: it
+            is used only when named (``data.format=<name>``).
     """
 
     KIND = "data_formats"
@@ -172,6 +205,25 @@ class DataFormatSpec(_Spec):
     produces: str = "tokens"
     required: tuple[str, ...] = field(default_factory=tuple)
     summary: str = ""
+    keys: tuple[str, ...] = field(default_factory=tuple)
+    detect: Callable[[dict], bool] | None = None
+
+    def __post_init__(self) -> None:
+        if self.produces not in RECORD_KINDS:
+            raise ValueError(f"data format '{self.name}': produces={self.produces!r}, expected one of {RECORD_KINDS}")
+
+    def matches(self, row: dict) -> bool:
+        """Whether ``row`` looks like a row of this format (for format inference)."""
+        if self.detect is not None:
+            try:
+                return bool(self.detect(row))
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError):
+                return False
+        return bool(self.required) and all(key in row for key in self.required)
+
+    def reads(self, row: dict) -> int:
+        """How many of ``row``'s fields this format reads (ranks the candidates of format inference)."""
+        return len((set(self.required) | set(self.keys)) & set(row))
 
 
 @dataclass(frozen=True)
@@ -189,5 +241,6 @@ class CommandSpec(_Spec):
 
 
 SPEC_TYPES: dict[str, type] = {
-    cls.KIND: cls for cls in (MethodSpec, LossSpec, RolloutSpec, ScorerSpec, DataFormatSpec, CommandSpec)
+    cls.KIND: cls for cls in (MethodSpec, LossSpec, AdvantageSpec, RolloutSpec, ScorerSpec, DataFormatSpec,
+                              CommandSpec)
 }

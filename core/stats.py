@@ -54,8 +54,11 @@ TIE_RTOL = 32 * float(torch.finfo(torch.float32).eps)
 def tie_scale(*operands: torch.Tensor) -> torch.Tensor:
     """Σ |operand|, elementwise: the magnitude a margin built from ``operands`` inherits rounding from.
 
-    For a reward model's margin r_c − r_r pass ``(r_c, r_r)``; for DPO's β(log π_c − log π_ref,c) −
-    β(log π_r − log π_ref,r) pass the four β-scaled log-prob sums.
+    In general pass every value the margin adds or subtracts, as it enters the margin (scaled by its
+    coefficient): for a reward model's margin r_c − r_r pass ``(r_c, r_r)``; for DPO's
+    β(log π_c − log π_ref,c) − β(log π_r − log π_ref,r) the four β-scaled log-prob sums; for a margin of
+    mean log-probs ℓ_c − ℓ_r (ORPO, SimPO) ``(ℓ_c, ℓ_r)``. Each operand has the margin's shape (...)
+    or broadcasts to it.
     """
     total = operands[0].detach().abs()
     for operand in operands[1:]:

@@ -10,6 +10,8 @@ Installed with alignkit, so any test suite gets these fixtures without a ``conft
         the :class:`alignkit.loop.RunResult`.
     alignkit_data: ``data(kind)`` -> overrides pointing at a small synthetic dataset of that record
         kind (``tokens``, ``pairs``, ``ranked``, ``prompts``), written to the test's ``tmp_path``.
+    alignkit_objective: ``build(*overrides)`` -> ``(objective, ctx)``: a method's objective built
+        exactly as a run builds it (:func:`objective_for`), for unit tests on hand-made batches.
 
 and the conformance checks, plain functions that raise :class:`ConformanceError` (an
 ``AssertionError``) naming what is wrong::
@@ -19,10 +21,12 @@ and the conformance checks, plain functions that raise :class:`ConformanceError`
     def test_conformance(tmp_path):
         check_method("simpo", tmp_path=tmp_path)
 
-:func:`check_method` proves that a method composes and validates, that its loss is finite and
-differentiable, that two training steps run, that a checkpoint resumes to the same weights, and that
-its names (registry entries, config files) collide with nobody. Everything runs on ``model=tiny``
-with synthetic data: no network, no user files, seconds per method.
+:func:`check_method` proves that a method's names (registry entries, config files) collide with
+nobody, that it composes and validates typed by its schema, that its loss is finite and
+differentiable, that two training steps run and checkpoint, that a checkpoint resumes to the same
+weights, that no dropout noise reaches the loss, and that batch x accumulation splits train the same
+update. Everything runs on ``model=tiny`` with synthetic data: no network, no user files, seconds to
+a few minutes per method.
 
 Heavy imports are deferred: pytest loads this module at start-up in every project that has
 alignkit installed.
@@ -31,20 +35,22 @@ alignkit installed.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import shutil
 import tempfile
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import pytest
 
 TINY_DEFAULTS = ("model=tiny", "trainer.progress=false", "trainer.tensorboard=false")
 
 #: The built-in data format that reads each record kind's synthetic file.
-SYNTHETIC_FORMATS = {"tokens": "prompt_completion", "pairs": "pairwise", "ranked": "ranked", "prompts": "prompts"}
+SYNTHETIC_FORMATS = {"tokens": "prompt_completion", "pairs": "pairwise", "ranked": "ranked", "prompts": "prompts",
+                     "unpaired": "unpaired"}
 
 #: Small lengths and batches keep a conformance run to seconds on a CPU.
 SMALL_RUN = ("data.max_length=96", "data.max_prompt_length=64", "trainer.batch_size=2",
@@ -54,7 +60,7 @@ SMALL_RUN = ("data.max_length=96", "data.max_prompt_length=64", "trainer.batch_s
 CONFIG_GROUPS = ("method", "model", "data", "trainer", "rollout", "scorer", "loss", "experiment")
 
 #: Record kinds read from a dataset (batch and accumulation are plain config splits of the same examples).
-OFFLINE_KINDS = ("tokens", "pairs", "ranked")
+OFFLINE_KINDS = ("tokens", "pairs", "ranked", "unpaired")
 
 #: One plain SGD step: the update is the (negative) gradient itself, so two runs' updates compare gradients.
 ONE_SGD_STEP = ("trainer.max_steps=1", "trainer.max_grad_norm=0", "trainer.optimizer._target_=torch.optim.SGD",
@@ -91,6 +97,65 @@ def run_training(*overrides: str, run_dir: str | Path) -> Any:
 
     cfg = compose_run_config(*overrides)
     return train(cfg, Path(run_dir))
+
+
+class BuiltObjective(NamedTuple):
+    """What :func:`objective_for` returns; unpacks as ``objective, ctx``.
+
+    Attributes:
+        objective: what the method's ``build(ctx)`` returned (the run's objective).
+        ctx: the :class:`alignkit.api.RunContext` it was built with: ``ctx.cfg`` (the composed config),
+            ``ctx.policy`` (the policy as the loop holds it, wrapped; ``alignkit.api.unwrap_lm(ctx.policy)``
+            is the plain HF model), ``ctx.tokenizer``, ``ctx.rollout`` (serves batches of the run's data),
+            ``ctx.run_dir``, ``ctx.registry``, ``ctx.accelerator``.
+    """
+
+    objective: Any
+    ctx: Any
+
+
+def _sets_data(overrides: Iterable[str]) -> bool:
+    """Whether ``overrides`` choose the data (``data=...``, ``data.path=...``, ``+data.x=...``)."""
+    return any(o.split("=", 1)[0].lstrip("+~").split(".")[0] == "data" for o in overrides)
+
+
+def objective_for(*overrides: str, run_dir: str | Path | None = None) -> BuiltObjective:
+    """Build a method's objective outside a training run, exactly as a run builds it, for unit tests.
+
+    Composes ``train.yaml`` on ``model=tiny`` with ``overrides`` (``"method=mine"`` selects the method),
+    then builds the run (accelerator, seed, policy, rollout, scorer, objective, optimizer) the way
+    ``alignkit train`` does, without training. Unless ``overrides`` choose the data
+    (``data=`` / ``data.*``), a synthetic dataset of the method's record kind (:func:`synthetic_data`) is
+    written to ``run_dir/data`` first, so nothing is read from the network or the bundled datasets.
+
+    Example::
+
+        objective, ctx = objective_for("method=mine", "method.lam=0.2")
+        out = objective(my_pair_batch)            # a LossOutput; out.parts(), out.total()
+        units = objective.weight(my_pair_batch)   # a number, or term name -> units
+
+    Args:
+        overrides: Hydra overrides, ``method=<name>`` among them (train.yaml's default method otherwise).
+        run_dir: the folder the run would write to (caches, the synthetic data); default: a new
+            temporary folder, left in place (the objective may keep files there).
+
+    Returns:
+        ``(objective, ctx)`` (:class:`BuiltObjective`).
+
+    Raises:
+        alignkit.api.ConfigError: the overrides do not compose (a wrong key or value type), or
+            the method's ``build`` did not return an objective; any error the method's ``build`` raises.
+    """
+    from alignkit.plugin_manager import get_manager
+    from alignkit.run import build_run
+
+    folder = Path(tempfile.mkdtemp(prefix="alignkit-objective-") if run_dir is None else run_dir)
+    cfg = compose_run_config(*overrides)
+    if not _sets_data(overrides):
+        kind = get_manager().registry.get("methods", cfg.method.name, where="method").kind_for(cfg)
+        cfg = compose_run_config(*synthetic_data(kind, folder / "data"), *overrides)
+    run = build_run(cfg, folder)
+    return BuiltObjective(run.objective, run.ctx)
 
 
 # ----------------------------------------------------------------------------- plugin managers
@@ -134,6 +199,8 @@ def synthetic_rows(kind: str, n: int = 16) -> list[dict]:
             rows.append({"prompt": prompt, "completions": [good, meh, bad]})
         elif kind == "prompts":
             rows.append({"prompt": prompt})
+        elif kind == "unpaired":  # alternately a good and a bad answer
+            rows.append({"prompt": prompt, "completion": good if i % 2 == 0 else bad, "label": i % 2 == 0})
         else:
             raise ValueError(f"unknown record kind {kind!r}; expected one of {tuple(SYNTHETIC_FORMATS)}")
     return rows
@@ -253,18 +320,28 @@ def check_method(name: str, *overrides: str, tmp_path: str | Path | None = None,
                  resume: bool = True, atol: float = 1e-6) -> dict[str, Any]:
     """Run alignkit's conformance checks on method ``name``; raise :class:`ConformanceError` on failure.
 
-    Checks, in order:
+    Checks, in order (each name is what ``report["checks"]`` lists once it passed):
 
     1. **registered**: the method is in the registry, its plugin loaded without failure, and none of
        its config files (``<group>/<option>.yaml``) is shipped by another plugin or by core.
-    2. **composes**: ``method=<name>`` composes and validates on ``model=tiny``; ``cfg.method`` is
-       typed by the spec's schema, so a wrong value type fails at composition.
-    3. **loss**: on one batch, the objective returns a finite scalar ``LossOutput.loss`` with finite
-       metrics, and its gradient reaches the parameters (finite; all-zero is noted in the report).
-    4. **trains**: ``steps`` optimizer steps run, writing finite losses, a checkpoint per step and the
-       final model.
-    5. **resumes**: a copy of that run cut back to its first checkpoint and resumed ends with the same
-       weights (to ``atol``) and logs the same losses.
+    2. **composes**: ``method=<name>`` composes and validates on ``model=tiny``, sets
+       ``method.name=<name>``, and ``cfg.method`` is typed by the spec's schema (a wrong value type for
+       a number field, ``method.<field>=not_a_number``, must fail at composition).
+    3. **loss**: on the first batch, ``LossOutput.total()`` (the one-term ``loss``, or the sum of the
+       ``terms`` with their coefficients) is a finite 0-dim tensor that requires grad, the metrics are
+       finite, and its gradient reaches the parameters, finite (all-zero is noted, not failed).
+    4. **trains**: ``steps`` optimizer steps run, logging finite train losses, writing a checkpoint
+       per step and the final model.
+    5. **resumes** (``resume=True``): a copy of that run cut back to its first checkpoint and resumed
+       ends with the same weights (to ``atol``) and logs the same losses.
+    6. **dropout-free**: on a tiny model whose ``config.json`` enables dropout, the first
+       micro-batch's loss is the same under two random seeds (every model the method loads must be
+       loaded through ``alignkit.api.load_model``, or have dropout turned off).
+    7. **accumulates**: one plain SGD step trains the same update from the data as one batch and as
+       accumulated micro-batches (offline kinds: 4 examples as batch 4 x accumulation 1 and batch 1 x
+       accumulation 4; online: one rollout's rows whole and as two halves with ragged answer lengths),
+       to 1e-5 + 1e-4 x the largest update: every loss term is a mean over its own units and
+       ``weight`` reports them. Repeated with each of the spec's ``term_options``.
 
     Data: unless ``overrides`` set ``data=``/``data.*``, a synthetic dataset of the method's record
     kind is written to ``tmp_path``. Methods that consume prompts (online methods) and have no scorer
@@ -276,10 +353,17 @@ def check_method(name: str, *overrides: str, tmp_path: str | Path | None = None,
         tmp_path: where runs are written (default: a temporary folder, removed afterwards).
         steps: optimizer steps of the training check (at least 2 when ``resume``).
         resume: run the resume check.
-        atol: tolerance of the resumed-weights comparison.
+        atol: tolerance of the resumed-weights comparison (max absolute difference of any weight).
 
     Returns:
-        A report: method, owner, record kind, first loss, losses per step, checks passed, notes.
+        The report, a dict: ``method`` (the name), ``owner`` (the plugin that registered it, with its
+        version), ``kind`` (the record kind it consumed), ``checks`` (the names above that passed, in
+        order), ``notes`` (what passed but deserves a look, e.g. all-zero gradients), ``loss`` (the
+        first batch's loss, a float) and ``losses`` (the train loss of each step).
+
+    Raises:
+        ConformanceError: ``check_method('<name>'): <check>: <why>``, the first check that failed.
+        ValueError: ``resume=True`` with ``steps < 2``.
     """
     from omegaconf import OmegaConf
 
@@ -327,8 +411,7 @@ def check_method(name: str, *overrides: str, tmp_path: str | Path | None = None,
                     raise _fail(name, "composes", f"'{probe}' was accepted; the schema does not type cfg.method")
         kind = spec.kind_for(cfg)
         report["kind"] = kind
-        data = [] if any(o.split("=", 1)[0].lstrip("+~").split(".")[0] == "data" for o in overrides) \
-            else synthetic_data(kind, root)
+        data = [] if _sets_data(overrides) else synthetic_data(kind, root)
         extra: list[str] = []
         if kind == "prompts" and cfg.scorer.name == "none" and not any(o.startswith("scorer") for o in overrides):
             if ("scorers", TESTING_SCORER) not in manager.registry:
@@ -490,6 +573,7 @@ def _check_rollout_accumulation(name: str, overrides: list[str], root: Path, opt
     finals = []
     try:
         whole = Trainer(compose_run_config(*overrides, *ONE_SGD_STEP, "trainer.grad_accum=1"), root / f"{slug}-1")
+        initial = {k: v.detach().clone() for k, v in whole.policy.state_dict().items()}
         batch = _ragged(next(whole._update_stream()))
         n = batch.num_rows
         halves = [batch.select(torch.arange(0, n // 2)), batch.select(torch.arange(n // 2, n))]
@@ -499,8 +583,6 @@ def _check_rollout_accumulation(name: str, overrides: list[str], root: Path, opt
             finals.append({k: v.detach().clone() for k, v in trainer.policy.state_dict().items()})
     except AlignkitError as exc:
         raise _fail(name, what, str(exc)) from exc
-    initial = {k: v.detach() for k, v in Trainer(compose_run_config(*overrides, *ONE_SGD_STEP),
-                                                 root / f"{slug}-0").policy.state_dict().items()}
     _compare_updates(name, what, initial, *finals, f"one rollout's {n} rows as 1 micro-batch and as 2 accumulated halves")
 
 
@@ -526,7 +608,7 @@ def _compare_updates(name: str, what: str, initial: dict[str, Any], whole: dict[
     if worst > 1e-5 + 1e-4 * scale:
         raise _fail(name, what, f"{how} give updates that differ by {worst:.3g} (largest update {scale:.3g}, "
                                 f"{100 * worst / scale:.2g}%); each loss term must be a mean over its own units "
-                                "and weight() must report them (see alignkit.interfaces)")
+                                "and weight() must report them (see alignkit.api.Objective and Step 4 of docs/plugins.md)")
 
 
 def _dropout_model(folder: Path) -> Path:
@@ -567,8 +649,8 @@ def _check_dropout_free(name: str, overrides: list[str], root: Path) -> None:
     if not torch.equal(losses[0], losses[1]):
         raise _fail(name, "dropout-free", f"on a model whose config enables dropout, the first loss is "
                                           f"{float(losses[0]):.8g} under one seed and {float(losses[1]):.8g} under "
-                                          "another: dropout is on (every model the method loads must be "
-                                          "dropout-free: alignkit.models.disable_dropout)")
+                                          "another: dropout is on (load every model the method uses with "
+                                          "alignkit.api.load_model, which turns dropout off, or use ctx.reference())")
 
 
 def _compare_runs(name: str, first: Path, second: Path, final_a: Path | None, final_b: Path | None,
@@ -688,6 +770,18 @@ def alignkit_run(tmp_path: Path) -> Callable[..., Any]:
         return run_training(*overrides, run_dir=run_dir or tmp_path / "run")
 
     return run
+
+
+@pytest.fixture
+def alignkit_objective(tmp_path: Path) -> Callable[..., BuiltObjective]:
+    """``build(*overrides)`` -> ``(objective, ctx)`` of a method on ``model=tiny`` (:func:`objective_for`),
+    each call in its own folder under the test's ``tmp_path``."""
+    calls = itertools.count()
+
+    def build(*overrides: str) -> BuiltObjective:
+        return objective_for(*overrides, run_dir=tmp_path / f"objective-{next(calls)}")
+
+    return build
 
 
 @pytest.fixture

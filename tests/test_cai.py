@@ -344,3 +344,21 @@ def test_cli_generate_is_deterministic_and_compare_reports_counts(tmp_path, caps
     assert "revised vs initial: n=4" in printed
     assert main(["generate", "--stage", "rl", "--out", str(tmp_path / "rl.jsonl"), "--no-progress", *common]) == 0
     assert read_jsonl(tmp_path / "rl.jsonl")[0]["principles"] == sample_rl_principles(load_constitution(None), 0, 0, 2)
+
+
+def test_generated_data_is_not_reused_for_new_weights_in_the_same_folder(tmp_path, capsys):
+    """The stale-cache class (issue 16): a generated file is reused only for the very same model weights;
+    new weights in the same folder are refused in one line instead of reusing answers of another model."""
+    from alignkit.plugins.rollouts.cai.command import main
+    from tiny import tiny_model_folder
+
+    folder = tiny_model_folder(tmp_path / "model", "llama", seed=1)
+    common = [f"model.path={folder}", "model.name=m", "rollout.num_prompts=2", "rollout.max_new_tokens=4",
+              "rollout.batch_size=2", "rollout.rounds=1"]
+    out = tmp_path / "sl.jsonl"
+    assert main(["generate", "--stage", "sl", "--out", str(out), "--no-progress", *common]) == 0
+    assert main(["generate", "--stage", "sl", "--out", str(out), "--no-progress", *common]) == 0
+    assert "reusing" in capsys.readouterr().out  # the same weights: reused
+    tiny_model_folder(folder, "llama", seed=2)  # other weights, same folder and name
+    with pytest.raises(ConfigError, match=r"was generated with other settings \(differs in \['model'\]\)"):
+        main(["generate", "--stage", "sl", "--out", str(out), "--no-progress", *common])

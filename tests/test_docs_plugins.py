@@ -75,6 +75,77 @@ def test_hook_names_lists_every_hookspec():
     assert specs == set(hookspecs.HOOK_NAMES)
 
 
+#: alignkit modules the guide may send a plugin author to (every other one is internal, as the guide says).
+PUBLIC_MODULES = {"api", "rl", "testing", "losses", "cli", "conf", "plugins"}
+
+
+def test_the_guide_names_only_public_modules_and_names_that_exist():
+    import importlib
+
+    text = DOC.read_text()
+    internal = sorted({m for m in re.findall(r"\balignkit\.([a-z_]+)", text) if m not in PUBLIC_MODULES})
+    assert not internal, f"docs/plugins.md sends readers to internal modules: {internal}"
+    for module, name in sorted(set(re.findall(r"\balignkit\.(api|rl|testing)\.([A-Za-z_]\w*)", text))):
+        assert hasattr(importlib.import_module(f"alignkit.{module}"), name), f"alignkit.{module}.{name} does not exist"
+
+
+def github_anchor(heading: str) -> str:
+    """The id GitHub gives a Markdown heading: lower case, punctuation but - and _ dropped, spaces -> -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_within_the_guide_lead_to_a_heading():
+    text = DOC.read_text()
+    anchors = {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", FENCE.sub("", text), re.M)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert links, "no in-page links"
+    assert not links - anchors, f"links to no heading: {sorted(links - anchors)}"
+
+
+def _shown_signature(fn) -> str:
+    """``name(a, *rest, b=1)`` without annotations, defaults as Python writes them."""
+    params = []
+    star = False
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            params.append(f"*{p.name}")
+            star = True
+        elif p.kind is p.VAR_KEYWORD:
+            params.append(f"**{p.name}")
+        else:
+            if p.kind is p.KEYWORD_ONLY and not star:
+                params.append("*")
+                star = True
+            params.append(p.name if p.default is p.empty else f"{p.name}={p.default!r}")
+    return f"{fn.__name__}({', '.join(params)})"
+
+
+def test_the_testing_reference_lists_every_helper_with_its_signature():
+    import ast
+
+    import alignkit.testing as testing
+
+    section = DOC.read_text().split("## Testing reference", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (fixture )?`([^`]+)` \|", section, re.M)
+    shown_fixtures = {name for fixture, name in rows if fixture}
+    def parts(signature: str) -> tuple:
+        """A shown signature as (name, positional parameters, (keyword, default value) pairs): 1e-6 == 1e-06."""
+        call = ast.parse(signature.replace("*,", "")).body[0].value
+        return (ast.unparse(call.func), [ast.unparse(a) for a in call.args],
+                [(k.arg, ast.literal_eval(k.value)) for k in call.keywords])
+
+    for fixture, shown in rows:
+        if not fixture:
+            actual = _shown_signature(getattr(testing, shown.split("(", 1)[0]))
+            assert parts(shown) == parts(actual), f"the guide shows {shown}, alignkit.testing has {actual}"
+    source = ast.parse(inspect.getsource(testing))
+    fixtures = {node.name for node in source.body if isinstance(node, ast.FunctionDef)
+                and any("fixture" in ast.unparse(d) for d in node.decorator_list)}
+    assert shown_fixtures == fixtures, f"fixtures of alignkit.testing {sorted(fixtures)}, the guide lists {sorted(shown_fixtures)}"
+    for name in ("check_method", "check_scorer", "objective_for"):
+        assert any(not fixture and shown.startswith(name + "(") for fixture, shown in rows), f"{name} is not listed"
+
+
 def test_the_tree_lists_every_file_the_tutorial_writes():
     text = DOC.read_text()
     tree = next(body for lang, _, body in blocks(text) if body.startswith("alignkit-mine/\n"))
@@ -150,10 +221,17 @@ def test_following_the_tutorial_trains_method_mine(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"nll", "odds_ratio"} <= set(next(r for r in rows if r.get("split") == "train"))
     assert (run / "final" / "model.safetensors").exists()
+    # The held-out metrics `summarize` returns: at step 0 and after the last step, in both files.
+    held_out = {"odds_ratio", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "margin", "margin_ci_low",
+                "margin_ci_high", "pairs"}
+    assert [r["step"] for r in rows if r["split"] == "eval"] == [0, 2]
+    assert all(set(r) == {"step", "split"} | held_out for r in rows if r["split"] == "eval")
+    for key in ("eval_before", "eval_after"):
+        assert set(summary[key]) == held_out and summary[key]["pairs"] == 4
 
-    # Step 10: pytest ran the plugin's three tests, conformance included.
+    # Step 10: pytest ran the plugin's four tests, the objective against plain torch and conformance included.
     tested = next(result.stdout for body, result in ran if body.strip().startswith("pytest"))
-    assert "3 passed" in tested, tested
+    assert "4 passed" in tested, tested
 
     # Shown console sessions print exactly what the doc shows.
     for lang, _, body in blocks(text):

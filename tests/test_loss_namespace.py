@@ -36,7 +36,7 @@ def test_every_listed_loss_trains(alignkit_run, tmp_path, typed, registered):
 
 
 def test_a_loss_of_another_family_is_refused_with_the_right_list(alignkit_compose):
-    with pytest.raises(ConfigError, match=r"loss=plackett_luce is not a preference loss .*method=dpo takes: cdpo, dpo, ipo"):
+    with pytest.raises(ConfigError, match=r"loss=plackett_luce is not a loss of family 'preference' .*method=dpo takes: cdpo, dpo, ipo"):
         alignkit_compose("method=dpo", "loss=plackett_luce")
     with pytest.raises(ConfigError, match="method=sft takes no loss"):
         alignkit_compose("method=sft", "loss=dpo")

@@ -159,3 +159,16 @@ def test_scorer_errors_stop_a_run_with_the_scorers_name(alignkit_run, tmp_path, 
                      "data.eval_fraction=0", "scorer=function", "scorer.fn=ak_test_rewards:short2",
                      "trainer.batch_size=2", "rollout.num_samples=2", "rollout.max_new_tokens=4",
                      "trainer.max_steps=1")
+
+
+def test_judge_scores_with_a_lora_policys_reference(alignkit_run, tmp_path):
+    """scorer=judge without model_path judges with the frozen initial policy; under LoRA that is the policy
+    with its adapters off, a view that owns no parameters (its device comes from the run)."""
+    import json
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Say something about {i}."}) + "\n" for i in range(6)))
+    result = alignkit_run("method=reinforce", "data=custom", f"data.path={path}", "data.format=prompts",
+                          "data.eval_fraction=0", "scorer=judge", "model.lora.r=4", "rollout.num_samples=2",
+                          "rollout.max_new_tokens=4", "trainer.batch_size=2", "trainer.max_steps=1")
+    assert result.steps == 1

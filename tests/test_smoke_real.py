@@ -28,3 +28,16 @@ def test_sft_on_smollm2_two_steps(cli, tmp_path):
     # A trained instruct model is far better than uniform (ln 49152 = 10.8) on HH answers.
     assert 1.0 < summary["eval_before"]["nll"] < 5.0
     assert summary["eval_after"]["tokens"] == summary["eval_before"]["tokens"]
+
+
+def test_grpo_arith_experiment_one_rollout_on_smollm2(cli, tmp_path):
+    """The README's RL recipe, shrunk: the bundled task, math-verify, group advantages, the first ratio 1."""
+    result = cli("train", "experiment=grpo_arith", "trainer.max_steps=1", "trainer.batch_size=2",
+                 "method.minibatch_size=0", "method.num_iterations=1", "rollout.num_samples=4",
+                 "rollout.max_new_tokens=24", "data.eval_examples=4", "trainer.progress=false", "hydra.run.dir=real")
+    assert result.returncode == 0, result
+    lines = [json.loads(line) for line in (tmp_path / "real" / "metrics.jsonl").read_text().splitlines()]
+    train = next(r for r in lines if r["split"] == "train")
+    assert train["ratio_mean"] == 1.0 and train["scorer/math_checked"] == 8.0 and train["scorer/math_errors"] == 0.0
+    held_out = [r for r in lines if r["split"] == "eval"]
+    assert len(held_out) == 2 and all(0.0 <= r["accuracy"] <= 1.0 and r["completions"] == 4 for r in held_out)

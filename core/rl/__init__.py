@@ -6,18 +6,30 @@ and none imports another for it.
 - :mod:`~alignkit.rl.masked`: ``masked_mean``, ``masked_whiten`` over valid tokens;
 - :mod:`~alignkit.rl.kl`: the k1 / k2 / k3 KL estimators, ``kl_penalty``, ``sequence_kl``;
 - :mod:`~alignkit.rl.advantages`: ``gae``, ``rloo_advantages``, ``group_normalized_advantages``,
-  ``moving_average_baseline``;
+  ``batch_normalized_advantages``, ``no_baseline``, ``moving_average_baseline`` (the registered
+  estimators, ``alignkit ls advantages``, name these);
+- :mod:`~alignkit.rl.aggregation`: ``aggregate`` / ``aggregation_units``, the reductions of GRPO-family
+  per-token losses and the unit each averages over;
 - :mod:`~alignkit.rl.online`: ``sampling_rollout``, ``response_mask``, ``scalar_rewards``,
   ``reference_logprobs`` and ``OnlineEval`` (held-out reward, KL and length).
 """
 
 from __future__ import annotations
 
-from .advantages import gae, group_normalized_advantages, moving_average_baseline, rloo_advantages
+from .advantages import (
+                         batch_normalized_advantages,
+                         gae,
+                         group_normalized_advantages,
+                         moving_average_baseline,
+                         no_baseline,
+                         rloo_advantages,
+)
+from .aggregation import AGGREGATIONS, aggregate, aggregation_units
 from .kl import KL_ESTIMATORS, kl_k1, kl_k2, kl_k3, kl_penalty, sequence_kl
 from .masked import masked_mean, masked_whiten
 from .online import OnlineEval, reference_logprobs, response_mask, sampling_rollout, scalar_rewards
 
-__all__ = ["KL_ESTIMATORS", "OnlineEval", "gae", "group_normalized_advantages", "kl_k1", "kl_k2", "kl_k3",
-           "kl_penalty", "masked_mean", "masked_whiten", "moving_average_baseline", "reference_logprobs",
-           "response_mask", "rloo_advantages", "sampling_rollout", "scalar_rewards", "sequence_kl"]
+__all__ = ["AGGREGATIONS", "KL_ESTIMATORS", "OnlineEval", "aggregate", "aggregation_units", "batch_normalized_advantages",
+           "gae", "group_normalized_advantages", "kl_k1", "kl_k2", "kl_k3", "kl_penalty", "masked_mean",
+           "masked_whiten", "moving_average_baseline", "no_baseline", "reference_logprobs", "response_mask",
+           "rloo_advantages", "sampling_rollout", "scalar_rewards", "sequence_kl"]

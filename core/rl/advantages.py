@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["gae", "group_normalized_advantages", "moving_average_baseline", "rloo_advantages"]
+__all__ = ["batch_normalized_advantages", "gae", "group_normalized_advantages", "moving_average_baseline", "no_baseline",
+           "rloo_advantages"]
 
 
 def gae(
@@ -168,3 +169,39 @@ def moving_average_baseline(
     """
     baseline = torch.as_tensor(baseline, dtype=rewards.dtype, device=rewards.device)  # ()
     return decay * baseline + (1.0 - decay) * rewards.detach().mean()  # ()
+
+
+def no_baseline(rewards: Tensor) -> Tensor:
+    r"""Advantages equal to the rewards (plain REINFORCE, Williams 1992): A_i = r_i.
+
+    Args:
+        rewards: (P, k) rewards.
+
+    Returns:
+        (P, k) advantages (a copy of the rewards).
+    """
+    return rewards.clone()  # (P, k)
+
+
+def batch_normalized_advantages(rewards: Tensor, *, eps: float = 1e-6) -> Tensor:
+    r"""REINFORCE++ advantages: rewards normalised over the whole batch, (r − mean_B) / (std_B + eps).
+
+    Paper: "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models", Hu et al.,
+    2025, https://arxiv.org/abs/2501.03262 (global advantage normalisation instead of GRPO's per-prompt
+    normalisation, which it argues overfits to easy prompts).
+
+    Formula, over every completion of the batch (P·k of them; std Bessel-corrected)::
+
+        A_i = (r_i − mean(r)) / (std(r) + eps)
+
+    Args:
+        rewards: (P, k) rewards (any k ≥ 1: no per-prompt baseline).
+        eps: added to the standard deviation.
+
+    Returns:
+        (P, k) advantages; all 0 when every reward is equal.
+    """
+    flat = rewards.reshape(-1)  # (P·k,)
+    if flat.numel() < 2:
+        return torch.zeros_like(rewards)
+    return (rewards - flat.mean()) / (flat.std() + eps)  # (P, k)

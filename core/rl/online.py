@@ -14,7 +14,7 @@ from ..context import RunContext
 from ..errors import ConfigError, TrainingError
 from ..interfaces import Samples
 from ..logprobs import sequence_logprobs
-from ..stats import mean_interval
+from ..stats import mean_interval, wilson_interval
 from .kl import sequence_kl
 
 SAMPLES_FILE = "samples.jsonl"
@@ -60,33 +60,50 @@ class OnlineEval:
     (stopped before the cap). The first ``samples_logged`` completions of each evaluation are logged;
     all go to ``<run>/samples.jsonl``.
 
+    When every reward is 0 or 1 (a checker: right or wrong) the summary also gives ``accuracy`` with
+    its Wilson 95% interval.
+
     Args:
         ctx: the run context.
         temperature: the sampling temperature (log-probs are computed at it).
         kl_estimator: ``k1`` | ``k2`` | ``k3``.
         samples_logged: completions printed per evaluation.
+        with_kl: measure the KL to the reference (False: no reference model is loaded, no ``kl``).
     """
 
-    def __init__(self, ctx: RunContext, temperature: float, kl_estimator: str, samples_logged: int = 2) -> None:
+    def __init__(self, ctx: RunContext, temperature: float, kl_estimator: str, samples_logged: int = 2,
+                 with_kl: bool = True) -> None:
         self.ctx, self.temperature, self.kl_estimator, self.samples_logged = ctx, temperature, kl_estimator, samples_logged
+        self.with_kl = with_kl
 
     @torch.no_grad()
     def evaluate(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         rewards = scalar_rewards(batch, self.ctx)  # (N,)
         mask = response_mask(batch)  # (N, T-1)
-        logps = sequence_logprobs(self.ctx.policy, batch, temperature=self.temperature).logprobs  # (N, T-1)
-        ref = reference_logprobs(self.ctx, batch, self.temperature)  # (N, T-1)
-        kl = sequence_kl(logps, ref, mask, self.kl_estimator).sum(dim=1)  # (N,)
+        values = {"reward": rewards, "length": mask.sum(dim=1).float(), "ended": batch.ended.float()}
+        kl = None
+        if self.with_kl:
+            logps = sequence_logprobs(self.ctx.policy, batch, temperature=self.temperature).logprobs  # (N, T-1)
+            ref = reference_logprobs(self.ctx, batch, self.temperature)  # (N, T-1)
+            kl = values["kl"] = sequence_kl(logps, ref, mask, self.kl_estimator).sum(dim=1)  # (N,)
         self._write_samples(batch, rewards, kl)
-        return {"reward": rewards, "kl": kl, "length": mask.sum(dim=1).float(), "ended": batch.ended.float()}
+        return values
 
     def summarize(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
-        mean, low, high = mean_interval(values["reward"])
-        return {"reward": mean, "reward_ci_low": low, "reward_ci_high": high, "kl": float(values["kl"].mean()),
-                "length": float(values["length"].mean()), "ended": float(values["ended"].mean()),
-                "completions": float(values["reward"].numel())}
+        rewards = values["reward"]
+        mean, low, high = mean_interval(rewards)
+        summary = {"reward": mean, "reward_ci_low": low, "reward_ci_high": high,
+                   "length": float(values["length"].mean()), "ended": float(values["ended"].mean()),
+                   "completions": float(rewards.numel())}
+        if "kl" in values:
+            summary["kl"] = float(values["kl"].mean())
+        if bool(((rewards == 0) | (rewards == 1)).all()):  # a checker's verdicts: accuracy with its interval
+            correct = float(rewards.sum())
+            summary["accuracy"] = correct / max(rewards.numel(), 1)
+            summary["accuracy_ci_low"], summary["accuracy_ci_high"] = wilson_interval(correct, rewards.numel())
+        return summary
 
-    def _write_samples(self, batch: RolloutBatch, rewards: torch.Tensor, kl: torch.Tensor) -> None:
+    def _write_samples(self, batch: RolloutBatch, rewards: torch.Tensor, kl: torch.Tensor | None) -> None:
         if not self.ctx.accelerator.is_main_process:
             return
         round_ = -1 if batch.eval_round is None else int(batch.eval_round)
@@ -94,7 +111,7 @@ class OnlineEval:
         rows = []
         for i, (prompt, completion) in enumerate(zip(batch.prompt_text, batch.completions)):
             rows.append({"eval_round": round_, "prompt": prompt, "completion": completion,
-                         "reward": float(rewards[i]), "kl": float(kl[i])})
+                         "reward": float(rewards[i]), **({"kl": float(kl[i])} if kl is not None else {})})
             if first and i < self.samples_logged:
                 self.ctx.log(f"sample (eval {round_}) reward={float(rewards[i]):.3f}: {prompt!r} -> {completion!r}")
         with open(self.ctx.run_dir / SAMPLES_FILE, "a") as handle:

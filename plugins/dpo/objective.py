@@ -99,7 +99,9 @@ class DPOObjective:
     def _forward(self, batch: PairBatch, split: str) -> dict[str, torch.Tensor]:
         stats = sequence_logprobs(self.ctx.policy, batch)  # sums (2B,): chosen rows, then rejected rows
         policy_chosen, policy_rejected = batch.chosen(stats.sum), batch.rejected(stats.sum)  # (B,) each
-        ref = torch.zeros_like(stats.sum) if self.reference is None else self.reference(batch, split)  # (2B,)
+        # (2B,); the policy's own sums let the held-out cache fill from the evaluation before training.
+        ref = (torch.zeros_like(stats.sum) if self.reference is None
+               else self.reference(batch, split, policy_sums=stats.sum.detach()))
         ref_chosen, ref_rejected = batch.chosen(ref), batch.rejected(ref)  # (B,) each
         losses = self.loss_fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                               **self._soft_labels(batch))  # (B,)

@@ -25,11 +25,9 @@ from alignkit.api import ConfigError, LossOutput, RolloutBatch, RunContext, Upda
 from alignkit.rl import (
     KL_ESTIMATORS,
     OnlineEval,
-    group_normalized_advantages,
     moving_average_baseline,
     reference_logprobs,
     response_mask,
-    rloo_advantages,
     sampling_rollout,
     scalar_rewards,
     sequence_kl,
@@ -37,7 +35,8 @@ from alignkit.rl import (
 
 from .losses import policy_gradient
 
-BASELINES = ("none", "moving_average", "rloo", "group_norm")
+#: The one baseline that keeps state across batches (every other is a registered advantage estimator).
+MOVING_AVERAGE = "moving_average"
 KL_MODES = ("reward", "loss")
 
 
@@ -47,8 +46,9 @@ class ReinforceConfig:
 
     Attributes:
         name: ``reinforce``.
-        baseline: ``none`` | ``moving_average`` | ``rloo`` | ``group_norm`` (the last two need
-            ``rollout.num_samples`` >= 2).
+        baseline: ``moving_average``, or any registered advantage estimator (``alignkit ls advantages``:
+            ``none``, ``rloo``, ``group_norm``, ``reinforce_pp``, third-party ones); ``rloo`` and
+            ``group_norm`` need ``rollout.num_samples`` >= 2.
         baseline_decay: EMA decay of the moving-average baseline.
         kl_coef: β (0 disables the reference model).
         kl_mode: ``reward`` (−β·KL in the reward) or ``loss`` (+β·KL term in the loss).
@@ -73,8 +73,6 @@ class ReinforceObjective:
 
     def __init__(self, ctx: RunContext) -> None:
         cfg = ctx.cfg.method
-        if cfg.baseline not in BASELINES:
-            raise ConfigError(f"method.baseline={cfg.baseline!r}; expected one of {BASELINES}")
         if cfg.kl_mode not in KL_MODES:
             raise ConfigError(f"method.kl_mode={cfg.kl_mode!r}; expected one of {KL_MODES}")
         if cfg.kl_estimator not in KL_ESTIMATORS:
@@ -82,10 +80,16 @@ class ReinforceObjective:
         self.ctx, self.cfg = ctx, cfg
         rollout = sampling_rollout(ctx, "reinforce")
         self.temperature, self.k = rollout.temperature, int(rollout.num_samples)
-        self.held_out = OnlineEval(ctx, self.temperature, cfg.kl_estimator)
-        if cfg.baseline in ("rloo", "group_norm") and self.k < 2:
-            raise ConfigError(f"method.baseline={cfg.baseline} compares the k samples of a prompt: set "
-                              f"rollout.num_samples >= 2 (it is {self.k})")
+        self.held_out = OnlineEval(ctx, self.temperature, cfg.kl_estimator, with_kl=cfg.kl_coef > 0)
+        self.estimator = None  # the moving average is the method's own (it keeps state)
+        if cfg.baseline != MOVING_AVERAGE:
+            try:
+                self.estimator = ctx.registry.get("advantages", cfg.baseline, where="method.baseline")
+            except ConfigError as exc:
+                raise ConfigError(f"{exc}; or {MOVING_AVERAGE}") from None
+            if self.estimator.needs_groups and self.k < 2:
+                raise ConfigError(f"method.baseline={cfg.baseline} compares the k samples of a prompt: set "
+                                  f"rollout.num_samples >= 2 (it is {self.k})")
         self.kl_estimator = cfg.kl_estimator
         self.beta = float(cfg.kl_coef)
         self.baseline_value = torch.zeros(())  # moving-average state
@@ -102,17 +106,12 @@ class ReinforceObjective:
 
     def _advantages(self, rewards: torch.Tensor, num_prompts: int) -> torch.Tensor:
         """(N,) advantages of N = P·k rewards (sample-major within each prompt)."""
-        if self.cfg.baseline == "rloo":
-            return rloo_advantages(rewards.view(num_prompts, self.k)).reshape(-1)  # (N,)
-        if self.cfg.baseline == "group_norm":
-            return group_normalized_advantages(rewards.view(num_prompts, self.k)).reshape(-1)  # (N,)
-        if self.cfg.baseline == "moving_average":
-            # The baseline from before this batch: it must not depend on the samples it is subtracted from.
-            advantages = rewards - self.baseline_value.to(rewards)  # (N,)
-            self.baseline_value = moving_average_baseline(self.baseline_value, rewards.cpu(),
-                                                          decay=self.cfg.baseline_decay)
-            return advantages
-        return rewards
+        if self.estimator is not None:  # a registered estimator (alignkit ls advantages): pure, on (P, k)
+            return self.estimator.fn(rewards.view(num_prompts, self.k)).reshape(-1)  # (N,)
+        # The baseline from before this batch: it must not depend on the samples it is subtracted from.
+        advantages = rewards - self.baseline_value.to(rewards)  # (N,)
+        self.baseline_value = moving_average_baseline(self.baseline_value, rewards.cpu(), decay=self.cfg.baseline_decay)
+        return advantages
 
     def updates(self, batch: RolloutBatch) -> UpdatePlan:
         """Advantages on the whole rollout, then micro-batches of whole prompts."""
@@ -159,7 +158,7 @@ class ReinforceObjective:
             metrics["kl"] = kl.detach().mean()
         elif self.beta > 0:
             metrics["kl"] = batch.extras["kl_seq"].mean()
-        if self.cfg.baseline == "moving_average":
+        if self.estimator is None:
             metrics["baseline"] = self.baseline_value
         return LossOutput(loss, metrics)
 

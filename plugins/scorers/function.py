@@ -7,6 +7,10 @@ For verifiable rewards (length limits, required words, unit tests, exact answers
 
 The callable receives the prompt texts (last user message) and the decoded completions, one each
 per row (a prompt with k samples appears k times), and returns one finite number per completion.
+The prompts' other data columns arrive as keyword lists aligned with the rows (TRL's convention): a
+data row ``{"prompt": ..., "answer": "56"}`` gives ``answer=[..., "56", ...]``, so a checker is
+``def check(prompts, completions, answer, **kwargs)``. Columns named like ``scorer.kwargs`` entries
+are an error (say which wins by renaming one with ``data.columns``).
 """
 
 from __future__ import annotations
@@ -43,12 +47,23 @@ class FunctionScorer:
 
     def __call__(self, batch: RolloutBatch) -> torch.Tensor:
         completions = list(batch.completions)
-        values = self.fn(list(batch.prompt_text), completions, **self.kwargs)
+        values = self.fn(list(batch.prompt_text), completions, **column_lists(batch.columns, self.kwargs, self.label),
+                         **self.kwargs)
         return as_rewards(values, len(completions), self.label)  # (N,)
 
 
+def column_lists(columns: list[dict[str, Any]], kwargs: dict[str, Any], label: str) -> dict[str, list[Any]]:
+    """The rows' data columns as ``{name: [value of row 0, row 1, ...]}`` (None where a row lacks one)."""
+    names = sorted({name for row in columns for name in row})
+    clash = [name for name in names if name in kwargs or name in ("prompts", "completions")]
+    if clash:
+        raise ConfigError(f"{label}: the data's column(s) {clash} clash with the function's arguments; rename "
+                          f"them with data.columns={{{clash[0]}: ...}} or drop them from scorer.kwargs")
+    return {name: [row.get(name) for row in columns] for name in names}
+
+
 def build(ctx: RunContext, cfg: Any) -> FunctionScorer:
-    """Rewards from a Python function ``(prompts, completions) -> list[float]`` (scorer.fn=mod:fn)."""
+    """Rewards from a Python function ``(prompts, completions, **columns) -> list[float]`` (scorer.fn=mod:fn)."""
     if OmegaConf.is_missing(cfg, "fn") or not cfg.fn:
         raise ConfigError("scorer=function needs scorer.fn=<package.module:function>")
     kwargs = OmegaConf.to_container(cfg.kwargs, resolve=True) if cfg.get("kwargs") is not None else {}

@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 REFUSAL = re.compile(r"\b(I can(no|')t|I cannot|I'm sorry|I am sorry|I'm not able|I am not able|as an AI)\b",
                      re.IGNORECASE)
 
 
-def brevity(prompts: list[str], completions: list[str], max_words: int = 15) -> list[float]:
+def brevity(prompts: list[str], completions: list[str], max_words: int = 15, **columns: Any) -> list[float]:
     """1 for a non-empty, non-refusing answer of at most ``max_words`` words; ``max_words / words`` above.
 
     r = 0 if the answer is empty or refuses (``REFUSAL``), 1 if words ≤ N, N / words otherwise, so
@@ -27,7 +28,7 @@ def brevity(prompts: list[str], completions: list[str], max_words: int = 15) -> 
     return rewards
 
 
-def includes_word(prompts: list[str], completions: list[str], word: str = "indeed") -> list[float]:
+def includes_word(prompts: list[str], completions: list[str], word: str = "indeed", **columns: Any) -> list[float]:
     """1 if the completion contains ``word`` (case-insensitive, whole word), else 0."""
     pattern = re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE)
     return [1.0 if pattern.search(text) else 0.0 for text in completions]

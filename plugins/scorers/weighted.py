@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from alignkit.api import AlignkitError, ConfigError, RolloutBatch, RunContext, TrainingError, as_rewards
+from alignkit.api import AlignkitError, ConfigError, ReportsStats, RolloutBatch, RunContext, TrainingError, as_rewards
 
 
 @dataclass
@@ -32,10 +32,14 @@ class WeightedSumConfig:
         name: ``weighted_sum``.
         components: label -> scorer config with an optional ``weight`` (default 1.0), or a list of
             such configs. ``name`` picks any registered scorer (``alignkit ls scorers``).
+        normalize: standardise each component over the batch, (r − mean) / (std + 1e-6), before
+            weighting (components on different scales then weigh as their weights say); a component
+            whose rewards are all equal contributes 0.
     """
 
     name: str = "weighted_sum"
     components: Any = None
+    normalize: bool = False
 
 
 def _entries(components: Any) -> list[tuple[str, Any]]:
@@ -72,27 +76,43 @@ def component_config(registry: Any, key: str, raw: Any) -> tuple[Any, float, Any
     return spec, weight, typed
 
 
-class WeightedSumScorer:
-    """Σ_i w_i · scorer_i(batch); component errors name the component's config key."""
+def standardize(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(r − mean) / (std + eps) over the batch (N,); zeros when there are fewer than 2 or all are equal."""
+    if rewards.numel() < 2:
+        return torch.zeros_like(rewards)
+    return (rewards - rewards.mean()) / (rewards.std() + eps)  # (N,)
 
-    def __init__(self, components: list[tuple[str, str, float, Any]]) -> None:
+
+class WeightedSumScorer:
+    """Σ_i w_i · scorer_i(batch) (each standardised over the batch first when ``normalize``); component
+    errors name the component's config key. Reports each component's mean reward and its own stats."""
+
+    def __init__(self, components: list[tuple[str, str, float, Any]], normalize: bool = False) -> None:
         if not components:
             raise ConfigError("scorer=weighted_sum needs at least one entry in scorer.components")
-        self.components = components
+        self.components, self.normalize = components, normalize
         self.last_components: dict[str, float] = {}
 
     def __call__(self, batch: RolloutBatch) -> torch.Tensor:
-        n = len(batch.completions)
+        n = batch.num_rows
         total = torch.zeros(n)  # (N,)
         self.last_components = {}
         for key, name, weight, scorer in self.components:
             try:
-                rewards = as_rewards(scorer(batch), n, f"scorer '{name}'")  # (N,)
+                rewards = as_rewards(scorer(batch), n, f"scorer '{name}'").cpu()  # (N,)
             except TrainingError as exc:
                 raise TrainingError(f"{key}: {exc}") from None
-            total = total + weight * rewards.cpu()
             self.last_components[key] = float(rewards.mean())
+            total = total + weight * (standardize(rewards) if self.normalize else rewards)
         return total
+
+    def pop_stats(self) -> dict[str, float]:
+        """Each component's mean reward in the last batch, and what each component reports itself."""
+        stats = {f"scorer/{key.rsplit('.', 1)[-1]}_mean": v for key, v in self.last_components.items()}
+        for _, _, _, scorer in self.components:
+            if isinstance(scorer, ReportsStats):
+                stats.update(scorer.pop_stats())
+        return stats
 
 
 def build(ctx: RunContext, cfg: Any) -> WeightedSumScorer:
@@ -105,4 +125,4 @@ def build(ctx: RunContext, cfg: Any) -> WeightedSumScorer:
         except AlignkitError as exc:
             raise ConfigError(f"{key}: {exc}") from None
         built.append((key, str(typed.name), weight, scorer))
-    return WeightedSumScorer(built)
+    return WeightedSumScorer(built, normalize=bool(cfg.get("normalize", False)))

@@ -15,7 +15,8 @@ def register_methods(register):
 
 @hookimpl
 def register_data_formats(register):
-    register(DataFormatSpec(name="steerlm", parse=data_format.parse_steerlm, produces="tokens", required=("attributes",)))
+    register(DataFormatSpec(name="steerlm", parse=data_format.parse_steerlm, produces="tokens", required=("attributes",),
+                            keys=("prompt", "completion", "messages"), detect=data_format.detect_steerlm))
 
 
 @hookimpl

@@ -108,9 +108,11 @@ def _progress(iterable: Any, **kwargs: Any) -> Any:
 
 
 def _common(parser: argparse.ArgumentParser, *, out: bool = True, value_range: bool = True) -> None:
-    parser.add_argument("--data", required=True, help="input file (JSONL, JSON, Parquet or save_to_disk folder)")
-    parser.add_argument("--format", default="prompt_completion",
-                        help="its data format (alignkit ls data_formats), e.g. hh_rlhf, chat, steerlm")
+    parser.add_argument("--data", required=True, help="input file or folder (JSONL, JSON, CSV, Parquet, Arrow, "
+                                                      "save_to_disk folder)")
+    parser.add_argument("--format", default="auto",
+                        help="its data format (default: inferred from its fields; alignkit ls data_formats), "
+                             "e.g. hh_rlhf, chat, steerlm")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N rows")
     if out:
         parser.add_argument("--out", required=True, help="output JSONL (data.format=steerlm)")

@@ -18,6 +18,11 @@ def _attribute_values(raw: object) -> dict[str, int]:
     return values
 
 
+def detect_steerlm(row: dict) -> bool:
+    """An ``attributes`` object beside ``prompt`` / ``completion`` or ``messages``."""
+    return isinstance(row.get("attributes"), dict) and ("messages" in row or ("prompt" in row and "completion" in row))
+
+
 def parse_steerlm(row: dict) -> dict:
     """Attribute-labelled answers: ``{"prompt", "completion"}`` or ``{"messages"}``, plus ``"attributes": {name: int}``.
 

@@ -48,7 +48,8 @@ def _options(args: argparse.Namespace) -> generation.GenerationOptions:
 
 def _prompt_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--prompts", required=required, help="prompt file (JSONL/JSON/Parquet/save_to_disk folder)")
-    parser.add_argument("--format", default="prompts", help="data format of the prompt file (default: prompts)")
+    parser.add_argument("--format", default="auto",
+                        help="data format of the prompt file (default: inferred from its fields)")
     parser.add_argument("--n", type=int, help="use only the first N prompts")
 
 
@@ -273,7 +274,7 @@ def eval_main(argv: list[str]) -> int:
     rm.add_argument("--model", required=True, help="a reward-model run folder (method=reward_model), its final/ "
                                                    "or a checkpoint (LoRA ones too)")
     rm.add_argument("--data", required=True, help="pairwise data file")
-    rm.add_argument("--format", default="pairwise", help="data format (pairwise, hh_rlhf, ...)")
+    rm.add_argument("--format", default="auto", help="data format (default: inferred; pairwise, hh_rlhf, ...)")
     rm.add_argument("--n", type=int, help="use only the first N pairs")
     rm.add_argument("--attribute", help="which head output is the reward (multi-attribute models)")
     rm.add_argument("--batch-size", type=int, default=8)

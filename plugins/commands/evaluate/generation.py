@@ -71,7 +71,7 @@ class GenerationOptions:
 DEFAULT_MAX_PROMPT_LENGTH = 512
 
 
-def read_prompts(path: str, *, data_format: str = "prompts", limit: int | None = None) -> list[list[dict]]:
+def read_prompts(path: str, *, data_format: str = "auto", limit: int | None = None) -> list[list[dict]]:
     """Chat-message prompts of a data file, through any registered format that yields prompts."""
     records = load_records(SimpleNamespace(format=data_format), "prompts", get_registry(), path=path,
                            key="--prompts", limit=limit)

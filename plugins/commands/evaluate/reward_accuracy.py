@@ -16,14 +16,15 @@ import torch
 from alignkit.api import get_registry, load_records, preference_correct, preference_summary, tie_scale
 
 
-def reward_accuracy(scorer: Any, path: str, *, data_format: str = "pairwise", limit: int | None = None,
+def reward_accuracy(scorer: Any, path: str, *, data_format: str = "auto", limit: int | None = None,
                     ) -> tuple[dict[str, float], list[dict]]:
     """Summary (accuracy, margin, intervals, n) and per-pair rows for a pairwise file.
 
     Args:
         scorer: a :class:`alignkit.plugins.reward_model.scorer.RewardModelScorer`.
         path: the data file (JSONL / JSON / Parquet / ``save_to_disk`` folder).
-        data_format: any registered format whose records convert to pairs (``pairwise``, ``hh_rlhf``).
+        data_format: any registered format whose records convert to pairs (``pairwise``, ``hh_rlhf``), or
+            ``auto`` (inferred from the rows' fields).
         limit: only the first N pairs.
     """
     records = load_records(SimpleNamespace(format=data_format), "pairs", get_registry(), path=path, key="--data",

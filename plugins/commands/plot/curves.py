@@ -38,8 +38,8 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     Family("loss", "loss", lambda k: k == "loss" or k.endswith("_loss") or k in ("nll", "lm_nll", "mse")),
     Family("reward", "reward", lambda k: "reward" in k or k == "score"),
-    Family("kl", "KL to the reference", lambda k: k == "kl" or k.startswith("kl_") or k.endswith("_kl")),
-    Family("accuracy", "preference accuracy", lambda k: "accuracy" in k),
+    Family("kl", "KL (kl: to the reference; approx_kl: π_old ‖ π)", lambda k: k == "kl" or k.startswith("kl_") or k.endswith("_kl")),
+    Family("accuracy", "accuracy", lambda k: "accuracy" in k),
     Family("margin", "margin", lambda k: "margin" in k),
     Family("lr", "learning rate", lambda k: k in ("lr", "learning_rate"), smooth=False),
     Family("grad_norm", "gradient norm (before clipping)", lambda k: k == "grad_norm"),

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from alignkit.api import ConfigError
+from alignkit.api import ConfigError, tokenizer_digest, weights_digest
 
 from .constitution import load_constitution
 from .feedback import FeedbackModel
@@ -17,8 +17,9 @@ from .store import ResumableJsonl, write_jsonl_atomic
 
 
 def model_id(model_cfg: Any) -> str:
-    """What identifies the generating model in a file's settings."""
-    return f"{model_cfg.get('name')}:{model_cfg.get('path') or model_cfg.get('source')}"
+    """What identifies the generating model in a file's settings: its name, where it comes from and a
+    digest of its weights (new weights in the same folder are another model)."""
+    return f"{model_cfg.get('name')}:{model_cfg.get('path') or model_cfg.get('source')}:{weights_digest(model_cfg)[:16]}"
 
 
 def load_feedback_model(path: str, device: Any) -> tuple[Any, Any]:
@@ -45,8 +46,10 @@ def run_stage(run_cfg: Any, cfg: Any, registry: Any, model: Any, tokenizer: Any,
     seed = int(run_cfg.trainer.seed if cfg.seed is None else cfg.seed)
     constitution = load_constitution(cfg.constitution)
     prompts = load_prompts(run_cfg.data, registry, seed, limit=cfg.num_prompts, single_turn_only=cfg.single_turn_only)
-    feedback_id = cfg.feedback_model or model_id(run_cfg.model)
-    settings = settings_of(cfg, stage, constitution, seed, model_id(run_cfg.model), feedback_id, run_cfg.data, len(prompts))
+    feedback_id = model_id(OmegaConf.merge(run_cfg.model, {"name": "feedback", "path": cfg.feedback_model})) \
+        if cfg.feedback_model else model_id(run_cfg.model)
+    settings = settings_of(cfg, stage, constitution, seed, model_id(run_cfg.model), feedback_id, run_cfg.data, prompts,
+                           tokenizer_digest(tokenizer))
     store = ResumableJsonl(out, settings)
     rows = store.finished()
     if rows is not None:

@@ -22,6 +22,8 @@ RL row::
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -227,15 +229,19 @@ def training_rows(rows: list[dict], stage: str) -> list[dict]:
 
 
 def settings_of(cfg: Any, stage: str, constitution: Constitution, seed: int, model_id: str, feedback_id: str,
-                data_cfg: Any, n_prompts: int) -> dict:
-    """Everything that decides a generated file's rows (its resume fingerprint)."""
+                data_cfg: Any, prompts: list[dict], tokenizer_id: str) -> dict:
+    """Everything that decides a generated file's rows (its resume fingerprint): the stage's options, the
+    constitution, the seed, the models (weights included), the prompts themselves (not only their file's
+    name) and the tokenizer with its chat template."""
     keys = ["rounds", "stop_when_unchanged", "max_new_tokens", "temperature", "top_p", "max_prompt_tokens",
             "batch_size", "single_turn_only"]
     if stage == "rl":
         keys += ["principles_per_pair", "swap", "feedback_template", "answer_prefix"]
     out = {k: cfg[k] for k in keys}
+    prompts_digest = hashlib.sha256(json.dumps(prompts, sort_keys=True, default=str).encode()).hexdigest()[:16]
     out.update(stage=stage, constitution=constitution.fingerprint(), seed=seed, model=model_id,
-               data=str(data_cfg.path), data_format=str(data_cfg.format), prompts=n_prompts)
+               data=str(data_cfg.path), data_format=str(data_cfg.format), prompts=len(prompts),
+               prompts_digest=prompts_digest, tokenizer=tokenizer_id[:16])
     if stage == "rl":
         out["feedback_model"] = feedback_id
         out.pop("rounds"), out.pop("stop_when_unchanged")

@@ -24,11 +24,12 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
 from alignkit.api import (
+    IGNORE_INDEX,
     ConfigError,
     DataError,
     RolloutBatch,
@@ -72,6 +73,12 @@ class GenerateConfig:
         eval_greedy: greedy decoding at evaluation instead of sampling.
         eval_seed: every evaluation samples with this same seed (common random numbers: the
             before/after difference is not sampling noise of different draws).
+        mask_truncated: leave completions cut by ``max_new_tokens`` out of the loss (DAPO's overlong
+            filtering: their targets are masked; they still count in their group's advantages).
+        dynamic_sampling: drop the groups whose k rewards are all equal (no policy-gradient signal) and
+            sample more prompts until the batch has ``trainer.batch_size`` prompts again (DAPO, Yu et al.
+            2025), at most ``max_refills`` extra rollouts a step; a batch that stays short trains short.
+        max_refills: the cap on extra rollouts per step under ``dynamic_sampling`` (reported).
     """
 
     name: str = "generate"
@@ -91,6 +98,9 @@ class GenerateConfig:
     eval_num_samples: int = 1
     eval_greedy: bool = False
     eval_seed: int = 1234
+    mask_truncated: bool = False
+    dynamic_sampling: bool = False
+    max_refills: int = 4
 
 
 class SamplingRNG:
@@ -171,6 +181,7 @@ class GenerateRollout:
         self.end_ids = end_token_ids(tokenizer, ctx.policy)
         self.rng = SamplingRNG(tcfg.seed if cfg.seed is None else cfg.seed, ctx.device)
         self.epoch, self.index, self.eval_round, self.batches_sampled = 0, 0, 0, 0
+        self.stats: dict[str, float] = {}
         self._order = self._plan(self.epoch)
 
     @property
@@ -182,6 +193,11 @@ class GenerateRollout:
     def num_samples(self) -> int:
         """Completions per prompt (:class:`alignkit.interfaces.Samples`)."""
         return int(self.cfg.num_samples)
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The cap on a completion's length (:class:`alignkit.interfaces.Samples`)."""
+        return int(self.cfg.max_new_tokens)
 
     # ------------------------------------------------------------------ prompt order
     def _plan(self, epoch: int) -> list[int]:
@@ -225,6 +241,7 @@ class GenerateRollout:
                             ended=torch.tensor([c.ended for c in cut], dtype=torch.float32),  # (N,)
                             prompts=prompts, prompt_text=[last_user_text(p) for p in prompts],
                             completions=[c.text for c in cut],  # what scorers read: the text before the end of turn
+                            columns=[dict(e.get("columns") or {}) for e in examples for _ in range(k)],
                             num_prompts=len(examples), k=k)
 
     def next_batch(self, policy: Any) -> RolloutBatch:
@@ -232,7 +249,44 @@ class GenerateRollout:
         examples = [self.train[i] for i in chosen]
         batch = self.rng.run(lambda: self._sample(policy, examples, self.cfg.num_samples, greedy=False))
         self.batches_sampled += 1
+        self._count("truncated_share", float(1.0 - batch.ended.mean()))
+        if self.cfg.mask_truncated:  # cut completions leave the loss (their targets masked), not their groups
+            labels = batch.labels.clone()
+            labels[batch.ended == 0] = IGNORE_INDEX
+            batch = dataclasses.replace(batch, labels=labels)
         return dataclasses.replace(batch, index=torch.tensor(chosen).repeat_interleave(self.cfg.num_samples))  # (N,)
+
+    def fill(self, batch: RolloutBatch, more: Callable[[], RolloutBatch]) -> RolloutBatch:
+        """Under ``dynamic_sampling``: the scored batch without its zero-signal groups, topped up with the
+        signal groups of more scored rollouts (at most ``max_refills``) to the batch's prompt count."""
+        if not self.cfg.dynamic_sampling or batch.rewards is None or self.cfg.num_samples < 2:
+            return batch
+        target, kept, refills = batch.num_prompts, [], 0
+        zero = total = 0
+        while True:
+            signal = _signal_groups(batch)  # (p,) prompts whose k rewards differ
+            zero, total = zero + batch.num_prompts - len(signal), total + batch.num_prompts
+            kept.append(batch.select_prompts(signal))
+            if sum(b.num_prompts for b in kept) >= target or refills >= self.cfg.max_refills:
+                break
+            batch, refills = more(), refills + 1
+        full = RolloutBatch.concat([b for b in kept if b.num_prompts], self.pad_id) if any(b.num_prompts for b in kept) \
+            else batch  # nothing had signal: train on the last batch (a zero gradient), reported
+        if full.num_prompts > target:
+            full = full.select_prompts(torch.arange(target))
+        self._count("zero_signal_share", zero / max(total, 1))
+        self._count("refills", float(refills))
+        self._count("short_of_prompts", float(max(0, target - full.num_prompts)))
+        return full
+
+    def _count(self, name: str, value: float) -> None:
+        self.stats[name] = value
+
+    def pop_stats(self) -> dict[str, float]:
+        """Per step: the share of completions cut by the length cap and, under dynamic sampling, the share of
+        zero-signal groups, the extra rollouts sampled and how many prompts the batch was short."""
+        stats, self.stats = self.stats, {}
+        return {f"rollout/{k}": v for k, v in sorted(stats.items())}
 
     def eval_batches(self) -> Iterator[RolloutBatch]:
         """Held-out prompts in file order, sampled from ``ctx.policy`` with the fixed ``eval_seed``."""
@@ -259,6 +313,13 @@ class GenerateRollout:
         self.eval_round, self.batches_sampled = int(state["eval_round"]), int(state["batches_sampled"])
         self.rng.state = dict(state["rng"])
         self._order = self._plan(self.epoch)
+
+
+def _signal_groups(batch: RolloutBatch) -> torch.Tensor:
+    """(p,) indices of the prompts whose k sampled completions did not all get the same reward."""
+    rewards = batch.rewards if batch.rewards.dim() == 1 else batch.rewards[:, 0]  # (N,)
+    grouped = rewards.view(batch.num_prompts, batch.k)  # (P, k)
+    return (grouped != grouped[:, :1]).any(dim=1).nonzero().flatten().cpu()
 
 
 def build(ctx: RunContext, cfg: Any) -> GenerateRollout:

@@ -1,0 +1,1 @@
+"""Hydra configs of ``alignkit.plugins.grpo`` (found through its ``register_config_dirs`` hook)."""
