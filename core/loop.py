@@ -4,9 +4,8 @@ Offline methods are the same loop with a dataset rollout and no scorer. Per opti
 draws ``trainer.grad_accum`` micro-batches from the *update stream* (each rollout batch, scored, and
 served as the micro-batches of the objective's :class:`~alignkit.interfaces.UpdatePlan` when it plans
 updates), scales each loss term by the micro-batch's share of that term's units over the global batch
-(``Objective.weight``; see :mod:`alignkit.interfaces`), clips, steps, logs, evaluates and checkpoints.
-Building the run is :mod:`alignkit.run`'s job, its state on disk :mod:`alignkit.run_state`'s.
-"""
+(``Objective.weight``, :mod:`alignkit.interfaces`), clips, steps, logs, evaluates and checkpoints.
+Building the run: :mod:`alignkit.run`; its state on disk: :mod:`alignkit.run_state`."""
 
 from __future__ import annotations
 
@@ -105,9 +104,7 @@ class Trainer:
             params = [p for group in self.run.optimizer.param_groups for p in group["params"]]
             sums["grad_norm"] = to_float(accelerator.clip_grad_norm_(params, self.cfg.trainer.max_grad_norm))
         sums["lr"] = self.run.scheduler.get_last_lr()[0]
-        for source in (self.rollout, self.run.scorer):  # counts of the step (checker time-outs, refills, ...)
-            if isinstance(source, ReportsStats):
-                sums.update(distributed.reduce_metrics(source.pop_stats(), accelerator))
+        sums.update(self._pop_stats())
         self.run.optimizer.step()
         self.run.scheduler.step()
         self.run.optimizer.zero_grad(set_to_none=True)
@@ -134,9 +131,16 @@ class Trainer:
                     values.setdefault(key, []).append(value.detach().float().reshape(-1).cpu())
         finally:
             self.policy.train()
+        counts = self._pop_stats()  # the evaluation's own (checker calls, time): not the next step's
         if not values:
             return {}
-        return {k: float(v) for k, v in evaluates.summarize({k: torch.cat(v) for k, v in values.items()}).items()}
+        summary = evaluates.summarize({k: torch.cat(v) for k, v in values.items()})
+        return {**{k: float(v) for k, v in summary.items()}, **counts}
+
+    def _pop_stats(self) -> dict[str, float]:
+        """Counts since the last call from the rollout and the scorer (checker time-outs, refills, ...)."""
+        sources = [s for s in (self.rollout, self.run.scorer) if isinstance(s, ReportsStats)]
+        return {k: v for s in sources for k, v in distributed.reduce_metrics(s.pop_stats(), self.run.accelerator).items()}
 
     def _progress(self, iterable: Any, **kwargs: Any) -> Any:
         if not (self.run.is_main and self.cfg.trainer.progress):
@@ -239,9 +243,7 @@ class Trainer:
 def train(cfg: DictConfig, run_dir: Path) -> RunResult:
     """Train ``cfg`` into ``run_dir`` and return the before/after held-out metrics."""
     run_dir = Path(run_dir)
-    # A fresh run claims its folder (refused if it holds a run, unless overwrite=true) and saves its
-    # config; a resume checks, prints and records config changes (alignkit.runfolder).
-    commit = prepare(cfg, run_dir)
+    commit = prepare(cfg, run_dir)  # claim the folder or check a resume's config changes (alignkit.runfolder)
     trainer = Trainer(cfg, run_dir)
     commit()  # a resume's config changes are recorded once the run they describe is built
     return trainer.fit()

@@ -268,6 +268,37 @@ def test_plot_of_online_metrics_and_a_folder_without_metrics(capsys, tmp_path):
     assert code == 2 and "no metrics.jsonl here" in one_error(err)
 
 
+def test_plot_compares_runs_metric_by_metric(capsys, tmp_path):
+    runs = []
+    for name, slope in (("grpo", 0.1), ("gspo", 0.2)):
+        run = tmp_path / name
+        run.mkdir()
+        lines = [{"step": s, "split": "train", "score": slope * s, "clip_frac": 0.01 * s, "lr": 1e-5} for s in range(1, 5)]
+        lines.append({"step": 4, "split": "eval", "accuracy": 0.4, "accuracy_ci_low": 0.3, "accuracy_ci_high": 0.5})
+        write_jsonl(run / "metrics.jsonl", lines)
+        runs.append(run)
+    code, out, _ = run_cli(capsys, "plot", *runs, "--metrics", "accuracy,score", "--labels", "a,b", "--out", tmp_path)
+    assert code == 0 and (tmp_path / "compare.png").read_bytes()[:4] == b"\x89PNG" and "compare.png" in out
+    import matplotlib.pyplot as plt
+
+    from alignkit.plugins.commands.plot import curves
+
+    figures = []
+    real_close = plt.close
+    plt.close = lambda fig=None: figures.append(fig)  # keep the figure to read its panels
+    try:
+        curves.plot_compare(runs, tmp_path, metrics=["score", "clip_frac"], labels=["a", "b"])
+    finally:
+        plt.close = real_close
+    score_panel = figures[-1].axes[0]
+    assert score_panel.get_title() == "score" and [t.get_text() for t in score_panel.get_legend().get_texts()] == ["a", "b"]
+    real_close(figures[-1])
+    code, _, err = run_cli(capsys, "plot", *runs, "--metrics", "nope")
+    assert code == 2 and "no run logged nope" in one_error(err)
+    code, _, err = run_cli(capsys, "plot", *runs, "--labels", "only-one")
+    assert code == 2 and "1 labels for 2 runs" in one_error(err)
+
+
 def test_ema_is_bias_corrected():
     from alignkit.plugins.commands.plot.curves import collect, ema
 

@@ -29,8 +29,12 @@ def test_every_listed_loss_trains(alignkit_run, tmp_path, typed, registered):
         data = ["data=custom", f"data.path={path}", "data.format=scored", "data.eval_fraction=0.25"]
     else:
         data = synthetic_data(spec.consumes or registry.get("methods", method).consumes, tmp_path / "data", n=8)
-    result = alignkit_run(f"method={method}", f"loss={typed}", *data, "trainer.max_steps=1", "trainer.batch_size=2",
-                          "data.max_length=64", "data.max_prompt_length=32")
+    online = []
+    if registry.get("methods", method).consumes == "prompts":  # sampled answers need a scorer and groups
+        online = ["scorer=function", "scorer.fn=alignkit.plugins.scorers.rewards:brevity", "rollout.num_samples=2",
+                  "rollout.max_new_tokens=4"]
+    result = alignkit_run(f"method={method}", f"loss={typed}", *data, *online, "trainer.max_steps=1",
+                          "trainer.batch_size=2", "data.max_length=64", "data.max_prompt_length=32")
     assert result.steps == 1
     assert all(math.isfinite(v) for k, v in result.eval_after.items() if "_ci_" not in k)
 

@@ -63,7 +63,7 @@ def test_wrong_loss_and_missing_scorer_path(rm_args, tmp_path):
     from alignkit.reward_models import resolve_reward_folder
     from alignkit.testing import compose_run_config
 
-    with pytest.raises(ConfigError, match="loss=dpo is not a reward-model loss"):
+    with pytest.raises(ConfigError, match="loss=dpo is not a loss of family 'reward-model'"):
         Trainer(compose_run_config(*rm_args, "loss=dpo"), tmp_path / "x")
     with pytest.raises(ModelError, match="no reward_model.json"):
         resolve_reward_folder(str(tmp_path))

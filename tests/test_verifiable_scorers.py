@@ -146,6 +146,18 @@ def test_grpo_with_the_math_checker_sees_each_samples_own_answer(alignkit_run, t
     assert len(rows) == 2 and all(r["scorer/math_seconds"] >= 0 and r["scorer/math_errors"] == 0 for r in rows)
 
 
+def test_held_out_checks_are_counted_in_the_evaluation_not_in_the_next_step(alignkit_run, tmp_path):
+    from alignkit.metrics import read_metrics
+
+    path = _problems(tmp_path / "problems.jsonl")  # 12 prompts: 3 held out, 1 sample each
+    result = alignkit_run("method=grpo", "scorer=math", "data=custom", f"data.path={path}", "data.format=prompts",
+                          "data.eval_fraction=0.25", "trainer.batch_size=2", "rollout.num_samples=3",
+                          "rollout.max_new_tokens=4", "trainer.max_steps=2", "trainer.eval_every=0")
+    rows = read_metrics(result.run_dir)
+    assert [r["scorer/math_checked"] for r in rows] == [3, 2 * 3, 2 * 3, 3]  # eval, step 1, step 2, eval
+    assert [r["split"] for r in rows] == ["eval", "train", "train", "eval"]
+
+
 def test_function_checkers_get_the_columns_as_keyword_lists():
     from alignkit.plugins.scorers.function import FunctionScorer
 
@@ -162,6 +174,18 @@ def test_function_checkers_get_the_columns_as_keyword_lists():
     assert got == {"answer": ["4", "5", "6"], "level": [1, None, 2], "kwargs": {"unit": "none"}}
     with pytest.raises(ConfigError, match="clash"):
         FunctionScorer(check, {"answer": "x"}, "test")(batch)
+
+    def short(prompts, completions, max_words=8):  # names no column: gets none (no TypeError on 'answer')
+        return [float(len(c.split()) <= max_words) for c in completions]
+
+    assert FunctionScorer(short, {}, "test")(batch).tolist() == [1.0, 1.0, 1.0]
+
+    def only_answer(prompts, completions, answer):
+        got.update(only=answer)
+        return [0.0] * len(completions)
+
+    FunctionScorer(only_answer, {}, "test")(batch)
+    assert got["only"] == ["4", "5", "6"]
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])

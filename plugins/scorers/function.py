@@ -9,14 +9,16 @@ The callable receives the prompt texts (last user message) and the decoded compl
 per row (a prompt with k samples appears k times), and returns one finite number per completion.
 The prompts' other data columns arrive as keyword lists aligned with the rows (TRL's convention): a
 data row ``{"prompt": ..., "answer": "56"}`` gives ``answer=[..., "56", ...]``, so a checker is
-``def check(prompts, completions, answer, **kwargs)``. Columns named like ``scorer.kwargs`` entries
+``def check(prompts, completions, answer, **kwargs)`` (a function without ``**kwargs`` gets only the
+columns it names). Columns named like ``scorer.kwargs`` entries
 are an error (say which wins by renaming one with ``data.columns``).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -40,21 +42,39 @@ class FunctionScorerConfig:
 
 
 class FunctionScorer:
-    """Calls ``fn(prompts, completions, **kwargs)`` and checks its answer."""
+    """Calls ``fn(prompts, completions, **columns, **kwargs)`` and checks its answer.
+
+    The columns passed are those ``fn`` can take: all of them when it has ``**kwargs``, else the ones
+    it names as parameters (so ``def brevity(prompts, completions, max_words=8)`` keeps working on
+    data that carries an ``answer`` column)."""
 
     def __init__(self, fn: Callable[..., Any], kwargs: dict[str, Any], label: str) -> None:
         self.fn, self.kwargs, self.label = fn, kwargs, label
+        self.takes = accepted_names(fn)
 
     def __call__(self, batch: RolloutBatch) -> torch.Tensor:
         completions = list(batch.completions)
-        values = self.fn(list(batch.prompt_text), completions, **column_lists(batch.columns, self.kwargs, self.label),
-                         **self.kwargs)
+        columns = column_lists(batch.columns, self.kwargs, self.label, self.takes)
+        values = self.fn(list(batch.prompt_text), completions, **columns, **self.kwargs)
         return as_rewards(values, len(completions), self.label)  # (N,)
 
 
-def column_lists(columns: list[dict[str, Any]], kwargs: dict[str, Any], label: str) -> dict[str, list[Any]]:
-    """The rows' data columns as ``{name: [value of row 0, row 1, ...]}`` (None where a row lacks one)."""
-    names = sorted({name for row in columns for name in row})
+def accepted_names(fn: Callable[..., Any]) -> Optional[set[str]]:
+    """The keyword names ``fn`` accepts, or None when it takes any (``**kwargs``, or no signature to read)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+
+def column_lists(columns: list[dict[str, Any]], kwargs: dict[str, Any], label: str,
+                 takes: Optional[set[str]] = None) -> dict[str, list[Any]]:
+    """The rows' data columns as ``{name: [value of row 0, row 1, ...]}`` (None where a row lacks one),
+    only those named in ``takes`` when it is given."""
+    names = sorted({name for row in columns for name in row if takes is None or name in takes})
     clash = [name for name in names if name in kwargs or name in ("prompts", "completions")]
     if clash:
         raise ConfigError(f"{label}: the data's column(s) {clash} clash with the function's arguments; rename "

@@ -110,26 +110,31 @@ def ema(values: list[float], alpha: float) -> list[float]:
     return out
 
 
-def draw(ax: Any, family: Family, members: dict[tuple[str, str], Series], smooth: float) -> None:
-    """Draw one family on ``ax``: training lines (raw + EMA), held-out markers with intervals."""
+def draw(ax: Any, family: Family, members: dict[tuple[str, str], Series], smooth: float, *,
+         color: str | None = None, label: str | None = None) -> None:
+    """Draw one family on ``ax``: training lines (raw + EMA), held-out markers with intervals.
+
+    ``color`` / ``label`` draw every series of ``members`` in one colour under one name (one run of
+    several, :func:`plot_compare`); by default each metric gets its own."""
     for index, ((split, key), s) in enumerate(sorted(members.items())):
-        color = f"C{index % 10}"
-        label = key if split == "train" else f"{key} ({split})"
+        hue = color or f"C{index % 10}"
+        name = label or key
+        legend = name if split == "train" else f"{name} ({split})"
         if split == "train" and len(s.steps) > 1:
             if smooth > 0 and family.smooth:
-                ax.plot(s.steps, s.values, color=color, alpha=0.25, linewidth=1)
-                ax.plot(s.steps, ema(s.values, smooth), color=color, linewidth=1.8, label=label)
+                ax.plot(s.steps, s.values, color=hue, alpha=0.25, linewidth=1)
+                ax.plot(s.steps, ema(s.values, smooth), color=hue, linewidth=1.8, label=legend)
             else:
-                ax.plot(s.steps, s.values, color=color, linewidth=1.5, label=label)
+                ax.plot(s.steps, s.values, color=hue, linewidth=1.5, label=legend)
         else:
             has_ci = all(math.isfinite(v) for v in s.low + s.high) and s.low
             if has_ci:
                 below = [v - lo for v, lo in zip(s.values, s.low)]
                 above = [hi - v for v, hi in zip(s.values, s.high)]
-                ax.errorbar(s.steps, s.values, yerr=[below, above], color=color, marker="o", capsize=3,
-                            linestyle="--", linewidth=1, label=f"{label}, 95% CI")
+                ax.errorbar(s.steps, s.values, yerr=[below, above], color=hue, marker="o", capsize=3,
+                            linestyle="--", linewidth=1, label=f"{legend}, 95% CI")
             else:
-                ax.plot(s.steps, s.values, color=color, marker="o", linestyle="--", linewidth=1, label=label)
+                ax.plot(s.steps, s.values, color=hue, marker="o", linestyle="--", linewidth=1, label=legend)
     ax.set_title(family.title)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
@@ -182,13 +187,71 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *, smooth: 
         draw(ax, family, members, smooth)
     for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
-    fig.suptitle(title or run_dir.resolve().name)
-    fig.tight_layout()
+    _title(fig, title or run_dir.resolve().name, rows)
     grid = out / "curves.png"
     fig.savefig(grid, dpi=110)
     plt.close(fig)
     written.append(grid)
     return written
+
+
+def plot_compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, *, metrics: list[str] | None = None,
+                 labels: list[str] | None = None, smooth: float = 0.6, title: str | None = None) -> Path:
+    """Write ``compare.png``: one panel per metric, one colour per run (training EMA over its faint raw
+    line, held-out values as markers with their 95% interval).
+
+    Args:
+        run_dirs: two or more run folders holding ``metrics.jsonl``.
+        out_dir: where ``compare.png`` goes (default ``<first run>/plots``).
+        metrics: the metrics to draw, in order (default: every metric all runs logged).
+        labels: one legend label per run (default: the folders' names).
+        smooth: EMA factor for training curves (0 draws raw values only).
+        title: the figure's title.
+
+    Raises:
+        PlotError: a folder without metrics, labels that do not match the runs, or a metric no run logged.
+    """
+    from alignkit.api import read_metrics
+
+    runs = [Path(r) for r in run_dirs]
+    names = labels or [r.resolve().name for r in runs]
+    if len(names) != len(runs):
+        raise PlotError(f"--labels: {len(names)} labels for {len(runs)} runs")
+    series = []
+    for run in runs:
+        if not (run / "metrics.jsonl").is_file():
+            raise PlotError(f"{run}: no metrics.jsonl here; pass run folders written by alignkit train")
+        series.append(collect(read_metrics(run)))
+    logged = [{key for _, key in s} for s in series]
+    wanted = metrics or sorted(set.intersection(*logged))
+    missing = [m for m in wanted if not any(m in keys for keys in logged)]
+    if missing or not wanted:
+        raise PlotError(f"no run logged {', '.join(missing) or 'a metric common to all runs'}; "
+                        f"metrics of the first run: {', '.join(sorted(logged[0]))}")
+    plt = pyplot()
+    columns = min(3, len(wanted))
+    rows = math.ceil(len(wanted) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, wanted):
+        for index, (name, run_series) in enumerate(zip(names, series)):
+            members = {k: v for k, v in run_series.items() if k[1] == metric}
+            family = Family(metric, metric, lambda key, metric=metric: key == metric)
+            draw(ax, family, members, smooth, color=f"C{index % 10}", label=name)
+    for ax in list(axes.flat)[len(wanted):]:
+        ax.axis("off")
+    _title(fig, title or " vs ".join(names), rows)
+    out = Path(out_dir) if out_dir else runs[0] / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "compare.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _title(fig: Any, title: str, rows: int) -> None:
+    """A figure title above the grid's panels (not over the first row's panel titles)."""
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (3.6 * rows)))
 
 
 def _file_name(name: str) -> str:
