@@ -428,9 +428,10 @@ SPECS = {
     "rloo": {"prompts": 4, "k": 4, "steps": 3, "max_new_tokens": 32, "temperature": 0.8, "beta": 0.05, "lr": 2e-5,
              "alignkit_overrides": []},
     # TRL's GRPO defaults: loss_type "dapo" (token-level), group-normalised rewards, no KL (beta 0), one
-    # update per rollout, clip 0.2; alignkit the same with loss=dapo and method=grpo's defaults.
-    "grpo": {"prompts": 8, "k": 4, "steps": 4, "max_new_tokens": 48, "temperature": 1.0, "lr": 1e-6,
-             "loss": "dapo", "alignkit_overrides": []},
+    # update per rollout, clip 0.2, activation checkpointing on; alignkit the same with loss=dapo,
+    # method=grpo's defaults and trainer.activation_checkpointing=1.
+    "grpo": {"prompts": 8, "k": 4, "steps": 3, "max_new_tokens": 48, "temperature": 1.0, "lr": 1e-6,
+             "loss": "dapo", "alignkit_overrides": ["trainer.activation_checkpointing=1"]},
 }
 
 
