@@ -10,6 +10,15 @@ A B / B A over ``--pairs`` pairs, every figure taken pair by pair and summarised
 - ``rloo``: alignkit ``method=reinforce method.baseline=rloo`` vs TRL ``RLOOTrainer`` on the bundled
   short-question prompts with the same function reward (``brevity``, at most 8 words), k samples
   per prompt, generation length, temperature, KL coefficient, learning rate and steps.
+- ``grpo``: alignkit ``method=grpo loss=dapo`` vs TRL ``GRPOTrainer`` (its defaults: loss ``dapo``, no KL)
+  on the bundled arithmetic task with the same math-verify checker.
+
+``--engines hf vllm`` runs alignkit once per inference engine (``rollout.engine``) beside TRL (which
+generates with HF on CPU); the rounds rotate the order of the arms. ``vllm`` needs vLLM in the running
+Python (``bash .ci/setup_vllm``, then ``.venv-vllm/bin/pip install -e '.[bench]'`` and run this script
+with ``.venv-vllm/bin/python``: every arm then uses the same transformers). Per step it also records the
+generation time (alignkit: ``rollout/generate_s``; TRL: its ``_generate_and_score_completions``, which
+also scores) and alignkit's weight-sync time.
 
 Measured per process: wall time from loading the model to the end of the last optimizer step (data
 preparation, reference log-probs and generation included), the non-padding tokens every forward
@@ -22,6 +31,7 @@ between the pairs. TRL is a benchmark extra, never a runtime dependency::
     pip install -e '.[bench,model]'
     python benchmarks/vs_trl.py                     # both workloads, 3 pairs each (~17 min on 2 idle cores)
     python benchmarks/vs_trl.py --workload dpo --pairs 1 --steps 2     # a quick look
+    .venv-vllm/bin/python benchmarks/vs_trl.py --workload grpo --engines hf vllm   # + alignkit on vLLM
     python benchmarks/vs_trl.py --child dpo alignkit --spec '{...}'    # one measurement, one JSON line
 """
 
@@ -41,7 +51,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-FRAMEWORKS = ("alignkit", "trl")
+#: alignkit's overrides per inference engine; the arm is named ``alignkit`` (hf) or ``alignkit-<engine>``.
+ENGINES = {"hf": [], "vllm": ["rollout.engine=vllm", "+rollout.engine_options.kv_cache_gib=1"]}
 TASK = "arith"  # the bundled verifiable task (conf/data/arith.yaml)
 LN2 = math.log(2.0)
 
@@ -80,6 +91,8 @@ class StepClock:
         self.ends: list[float] = []
         self.losses: list[float] = []
         self.scores: list[float] = []  # RLOO: mean function reward of each step's samples
+        self.generate_s = 0.0    # sampling (TRL: generation and scoring)
+        self.sync_s = 0.0        # weight syncs into an inference engine
         self.tokens = 0          # non-padding tokens the training forwards saw
         self.padded_tokens = 0   # the same including padding
         self.rows = 0            # sequences
@@ -95,6 +108,7 @@ class StepClock:
                 "tokens_per_s": self.tokens / seconds, "losses": self.losses[:steps],
                 "scores": self.scores[:steps],
                 "step_seconds": [b - a for a, b in zip([self.start] + self.ends[:-1], self.ends)],
+                "generate_s": self.generate_s, "generate_share": self.generate_s / seconds, "sync_s": self.sync_s,
                 "peak_rss_mb": _status_mb("VmHWM")}
 
 
@@ -162,6 +176,8 @@ def _alignkit_trainer(overrides: list[str], run_dir: str, clock: StepClock):
         values = train_step(stream)
         clock.ends.append(time.perf_counter())
         clock.losses.append(float(values["loss"]))
+        clock.generate_s += float(values.get("rollout/generate_s", 0.0))
+        clock.sync_s += float(values.get("rollout/sync_s", 0.0))
         if "score" in values:
             clock.scores.append(float(values["score"]))
         return values
@@ -290,7 +306,9 @@ def trl_rloo(spec: dict, workdir: str) -> dict:
 
     class Counting(RLOOTrainer):
         def _generate_and_score_completions(self, inputs):
+            start = time.perf_counter()
             out = super()._generate_and_score_completions(inputs)
+            clock.generate_s += time.perf_counter() - start
             clock.count(out["prompt_mask"])
             clock.count(out["completion_mask"], rows=False)  # the same rows' second half
             return out
@@ -326,7 +344,9 @@ def trl_grpo(spec: dict, workdir: str) -> dict:
 
     class Counting(GRPOTrainer):
         def _generate_and_score_completions(self, inputs):
+            start = time.perf_counter()
             out = super()._generate_and_score_completions(inputs)
+            clock.generate_s += time.perf_counter() - start
             clock.count(out["prompt_mask"])
             clock.count(out["completion_mask"], rows=False)  # the same rows' second half
             return out
@@ -354,7 +374,10 @@ def run_child(workload: str, framework: str, spec: dict) -> None:
     import torch
 
     torch.manual_seed(0)
-    result = CHILDREN[(workload, framework)](spec, spec["workdir"])
+    base, _, engine = framework.partition("-")
+    if engine:
+        spec = {**spec, "alignkit_overrides": [*spec.get("alignkit_overrides", []), *ENGINES[engine]]}
+    result = CHILDREN[(workload, base)](spec, spec["workdir"])
     result.update({"workload": workload, "framework": framework})
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -451,41 +474,80 @@ def prepare(workload: str, spec: dict, workdir: Path) -> None:
         (workdir / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _arms(runs: list[dict]) -> list[str]:
+    """The arms of a run, alignkit's first and TRL last (old results.json files: alignkit and trl)."""
+    names = list(dict.fromkeys(r["framework"] for r in runs))
+    return sorted(names, key=lambda n: (n == "trl", n))
+
+
 def summarize(workload: str, runs: list[dict], gemm: list[float], shape: dict) -> dict:
-    """Pair-by-pair ratios (alignkit / TRL) and their medians, MFU, loss-curve agreement."""
+    """Round-by-round ratios (each alignkit arm / TRL) and their medians, MFU, loss-curve agreement."""
     peak_gemm = statistics.median(gemm)
     for run in runs:
         run["model_flops"] = model_flops(workload, run, shape)
         run["mfu"] = run["model_flops"] / run["seconds"] / peak_gemm
-    pairs = [(runs[i], runs[i + 1]) if runs[i]["framework"] == "alignkit" else (runs[i + 1], runs[i])
-             for i in range(0, len(runs) - 1, 2)]
-    speed = [a["tokens_per_s"] / t["tokens_per_s"] for a, t in pairs]
-    memory = [a["peak_rss_mb"] / t["peak_rss_mb"] for a, t in pairs]
-    curve_gap = [max(abs(x - y) for x, y in zip(a["losses"], t["losses"])) for a, t in pairs]
-    median = lambda key, name: statistics.median(r[key] for r in runs if r["framework"] == name)  # noqa: E731
-    return {"workload": workload, "pairs": len(pairs), "speed_ratios": speed, "memory_ratios": memory,
-            "speed_ratio": statistics.median(speed), "memory_ratio": statistics.median(memory),
-            "curve_gap": curve_gap, "gemm_flops": peak_gemm,
-            "first_loss": {name: [r["losses"][0] for r in runs if r["framework"] == name] for name in FRAMEWORKS},
-            **{f"{name}_{key}": median(key, name) for name in FRAMEWORKS
-               for key in ("tokens_per_s", "peak_rss_mb", "mfu", "seconds", "tokens")}}
+    arms = _arms(runs)
+    rounds = [runs[i:i + len(arms)] for i in range(0, len(runs) - len(arms) + 1, len(arms))]
+    by_arm = [{r["framework"]: r for r in group} for group in rounds]
+    summary: dict = {"workload": workload, "pairs": len(rounds), "arms": arms, "gemm_flops": peak_gemm}
+    for arm in arms:
+        mine = [r for r in runs if r["framework"] == arm]
+        for key in ("tokens_per_s", "peak_rss_mb", "mfu", "seconds", "tokens", "generate_share", "sync_s"):
+            values = [r[key] for r in mine if key in r]
+            if values:
+                summary[f"{arm}_{key}"] = statistics.median(values)
+        if arm == "trl":
+            continue
+        speed = [g[arm]["tokens_per_s"] / g["trl"]["tokens_per_s"] for g in by_arm]
+        memory = [g[arm]["peak_rss_mb"] / g["trl"]["peak_rss_mb"] for g in by_arm]
+        summary[f"{arm}_speed_ratios"], summary[f"{arm}_memory_ratios"] = speed, memory
+        summary[f"{arm}_speed_ratio"], summary[f"{arm}_memory_ratio"] = statistics.median(speed), statistics.median(memory)
+        summary[f"{arm}_curve_gap"] = [max(abs(x - y) for x, y in zip(g[arm]["losses"], g["trl"]["losses"])) for g in by_arm]
+    # the names earlier reports used (the HF-engine arm against TRL)
+    summary.update(speed_ratios=summary["alignkit_speed_ratios"], memory_ratios=summary["alignkit_memory_ratios"],
+                   speed_ratio=summary["alignkit_speed_ratio"], memory_ratio=summary["alignkit_memory_ratio"],
+                   curve_gap=summary["alignkit_curve_gap"],
+                   first_loss={arm: [r["losses"][0] for r in runs if r["framework"] == arm] for arm in arms})
+    return summary
+
+
+def _label(arm: str) -> str:
+    return {"alignkit": "alignkit (hf)", "trl": "TRL"}.get(arm, arm.replace("alignkit-", "alignkit (") + ")")
+
+
+def _with_old_names(summary: dict) -> dict:
+    """A summary of an earlier results.json (alignkit vs TRL only) with the per-arm names."""
+    old = {"alignkit_speed_ratio": "speed_ratio", "alignkit_speed_ratios": "speed_ratios",
+           "alignkit_memory_ratio": "memory_ratio", "alignkit_memory_ratios": "memory_ratios"}
+    return {**{new: summary[key] for new, key in old.items() if key in summary}, **summary}
 
 
 def report(summary: dict, spec: dict, runs: list[dict]) -> str:
+    summary = _with_old_names(summary)
     w = summary["workload"]
+    arms = summary.get("arms") or _arms(runs)
     what = (f"DPO, {spec['batch']} pairs/step, max_length {spec['max_length']}, {spec['steps']} steps"
             if w == "dpo" else
             f"{w.upper()}{' (loss ' + spec['loss'] + ')' if 'loss' in spec else ''}, {spec['prompts']} prompts x "
             f"k={spec['k']}/step, {spec['max_new_tokens']} new tokens, {spec['steps']} steps")
-    lines = [f"{what}; {summary['pairs']} A/B pairs, medians",
-             "| | alignkit | TRL | alignkit / TRL (pair by pair) |", "|---|---|---|---|"]
+    ours = [a for a in arms if a != "trl"]
+    lines = [f"{what}; {summary['pairs']} rounds (arms in rotating order), medians",
+             "| | " + " | ".join(_label(a) for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
     ratios = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
-    lines.append(f"| tokens/s | {summary['alignkit_tokens_per_s']:.1f} | {summary['trl_tokens_per_s']:.1f} | "
-                 f"**{summary['speed_ratio']:.2f}x** ({ratios(summary['speed_ratios'])}) |")
-    lines.append(f"| peak RSS (MB) | {summary['alignkit_peak_rss_mb']:,.0f} | {summary['trl_peak_rss_mb']:,.0f} | "
-                 f"**{summary['memory_ratio']:.2f}x** ({ratios(summary['memory_ratios'])}) |")
-    lines.append(f"| MFU | {summary['alignkit_mfu']:.0%} | {summary['trl_mfu']:.0%} | |")
-    lines.append(f"| seconds (load to last step) | {summary['alignkit_seconds']:.0f} | {summary['trl_seconds']:.0f} | |")
+    row = lambda name, key, fmt: f"| {name} | " + " | ".join(  # noqa: E731
+        format(summary[f"{a}_{key}"], fmt) if f"{a}_{key}" in summary else "" for a in arms) + " |"
+    lines.append(row("tokens/s", "tokens_per_s", ".1f"))
+    lines.append("| tokens/s vs TRL (round by round) | " + " | ".join(
+        f"**{summary[f'{a}_speed_ratio']:.2f}x** ({ratios(summary[f'{a}_speed_ratios'])})" for a in ours) + " | 1 |")
+    lines.append(row("peak RSS (MB)", "peak_rss_mb", ",.0f"))
+    lines.append("| peak RSS vs TRL | " + " | ".join(
+        f"**{summary[f'{a}_memory_ratio']:.2f}x** ({ratios(summary[f'{a}_memory_ratios'])})" for a in ours) + " | 1 |")
+    lines.append(row("MFU", "mfu", ".0%"))
+    if w != "dpo":
+        lines.append(row("generation share of the run", "generate_share", ".0%"))
+        if any(f"{a}_sync_s" in summary and summary[f"{a}_sync_s"] > 0 for a in ours):
+            lines.append(row("weight sync, s per run", "sync_s", ".1f"))
+    lines.append(row("seconds (load to last step)", "seconds", ".0f"))
     first = summary["first_loss"]
     exact = lambda xs: ", ".join(f"{x:.6f}" for x in xs)  # noqa: E731
     if w == "dpo":
@@ -493,9 +555,9 @@ def report(summary: dict, spec: dict, runs: list[dict]) -> str:
                      f"(ln 2 = {LN2:.6f}); largest per-step loss gap within a pair: "
                      + ", ".join(f"{x:.1e}" for x in summary["curve_gap"]))
     elif any(r.get("scores") for r in runs):  # the RL losses are defined differently: compare rewards
-        for name in FRAMEWORKS:
+        for name in arms:
             curves = [r.get("scores", []) for r in runs if r["framework"] == name]
-            lines.append(f"mean reward per step, {name}: " + " | ".join(" ".join(f"{v:.3f}" for v in c) for c in curves))
+            lines.append(f"mean reward per step, {_label(name)}: " + " | ".join(" ".join(f"{v:.3f}" for v in c) for c in curves))
     lines.append(f"GEMM peak of this machine (fp32, median of {len(summary.get('gemm_runs', [])) or 'the'} runs): "
                  f"{summary['gemm_flops'] / 1e9:.0f} GFLOP/s")
     return "\n".join(lines)
@@ -509,33 +571,36 @@ def plot(results: dict, path: Path) -> None:
 
     workloads = [w for w in SPECS if w in results]
     fig, axes = plt.subplots(len(workloads), 2, figsize=(10, 3.6 * len(workloads)), squeeze=False)
-    colors = {"alignkit": "tab:blue", "trl": "tab:orange"}
+    palette = {"alignkit": "tab:blue", "trl": "tab:orange", "alignkit-vllm": "tab:green"}
     for row, w in enumerate(workloads):
-        runs, summary = results[w]["runs"], results[w]["summary"]
+        runs, summary = results[w]["runs"], _with_old_names(results[w]["summary"])
+        arms = summary.get("arms") or _arms(runs)
+        colors = {a: palette.get(a, "tab:purple") for a in arms}
         ax = axes[row][0]
         key = "losses" if w == "dpo" or not runs[0].get("scores") else "scores"
         for run in runs:
             steps = range(1, len(run[key]) + 1)
             ax.plot(steps, run[key], marker="o", alpha=0.6, color=colors[run["framework"]])
-        for name in FRAMEWORKS:
-            ax.plot([], [], color=colors[name], label=name)
+        for name in arms:
+            ax.plot([], [], color=colors[name], label=_label(name))
         if w == "dpo":
             ax.axhline(LN2, color="gray", linestyle=":", label="ln 2")
         ax.set(title=f"{w.upper()}: {'training loss' if key == 'losses' else 'mean reward of the samples'}, every run",
                xlabel="step", ylabel="loss" if key == "losses" else "reward")
         ax.legend()
         ax = axes[row][1]
-        names = list(FRAMEWORKS)
-        speed = [summary[f"{n}_tokens_per_s"] for n in names]
-        peak = [summary[f"{n}_peak_rss_mb"] / 1024 for n in names]
-        x = range(len(names))
-        ax.bar([i - 0.2 for i in x], speed, width=0.4, color=[colors[n] for n in names], label="tokens/s")
-        ax.set_xticks(list(x), names)
+        speed = [summary[f"{n}_tokens_per_s"] for n in arms]
+        peak = [summary[f"{n}_peak_rss_mb"] / 1024 for n in arms]
+        x = range(len(arms))
+        ax.bar([i - 0.2 for i in x], speed, width=0.4, color=[colors[n] for n in arms], label="tokens/s")
+        ax.set_xticks(list(x), [_label(n) for n in arms])
         ax.set_ylabel("tokens/s (left bars)")
         twin = ax.twinx()
-        twin.bar([i + 0.2 for i in x], peak, width=0.4, color=[colors[n] for n in names], alpha=0.4, hatch="//")
+        twin.bar([i + 0.2 for i in x], peak, width=0.4, color=[colors[n] for n in arms], alpha=0.4, hatch="//")
         twin.set_ylabel("peak RSS GB (hatched)")
-        ax.set_title(f"{w.upper()}: {summary['speed_ratio']:.2f}x throughput, {summary['memory_ratio']:.2f}x memory")
+        title = ", ".join(f"{_label(a)} {summary[f'{a}_speed_ratio']:.2f}x / {summary[f'{a}_memory_ratio']:.2f}x mem"
+                          for a in arms if a != "trl")
+        ax.set_title(f"{w.upper()} vs TRL: {title}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -545,7 +610,9 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "FRAMEWORK"))
     parser.add_argument("--spec", default="{}")
     parser.add_argument("--workload", choices=("dpo", "rloo", "grpo", "all"), default="all")
-    parser.add_argument("--pairs", type=int, default=3, help="A B pairs per workload (the order alternates)")
+    parser.add_argument("--pairs", type=int, default=3, help="rounds per workload (each arm once; the order rotates)")
+    parser.add_argument("--engines", nargs="+", default=["hf"], choices=sorted(ENGINES),
+                        help="alignkit's inference engines to measure, one arm each (rollout.engine)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the spec's)")
     parser.add_argument("--out", default="runs/vs_trl", help="folder for results.json, the data and the plot")
     parser.add_argument("--alignkit", nargs="*", default=None, metavar="OVERRIDE",
@@ -575,11 +642,13 @@ def main() -> None:
             spec["alignkit_overrides"] = args.alignkit
         prepare(workload, spec, out / workload)
         runs, gemm = [], [measure_gemm()]
+        arms = [("alignkit" if e == "hf" else f"alignkit-{e}") for e in args.engines] + ["trl"]
         for pair in range(args.pairs):
-            for framework in (FRAMEWORKS if pair % 2 == 0 else FRAMEWORKS[::-1]):
+            shift = pair % len(arms)
+            for framework in (arms[shift:] + arms[:shift]) if len(arms) > 2 else (arms if pair % 2 == 0 else arms[::-1]):
                 run = measure(workload, framework, spec)
                 runs.append(run)
-                print(f"{workload} pair {pair + 1} {framework:<8} {run['tokens_per_s']:7.1f} tokens/s  "
+                print(f"{workload} round {pair + 1} {framework:<14} {run['tokens_per_s']:7.1f} tokens/s  "
                       f"peak {run['peak_rss_mb']:7,.0f} MB  {run['seconds']:6.0f} s  losses "
                       + " ".join(f"{v:.4f}" for v in run["losses"]), flush=True)
             gemm.append(measure_gemm())

@@ -7,8 +7,8 @@ change is announced. Every other module of ``alignkit`` is internal and may chan
 
 Groups:
 
-- **registering** — :func:`hookimpl` and the specs (``MethodSpec``, ``LossSpec``, ``RolloutSpec``,
-  ``ScorerSpec``, ``DataFormatSpec``, ``CommandSpec``);
+- **registering** — :func:`hookimpl` and the specs (``MethodSpec``, ``LossSpec``, ``AdvantageSpec``,
+  ``RolloutSpec``, ``EngineSpec``, ``ISCorrectionSpec``, ``ScorerSpec``, ``DataFormatSpec``, ``CommandSpec``);
 - **the contracts** — :class:`RunContext`, :class:`LossOutput` / :class:`LossTerm` (the loss and its
   terms, each a mean over its own units), :class:`UpdatePlan`, and the protocols an objective, rollout
   or scorer follows;
@@ -34,6 +34,7 @@ from .batches import (
     padded_rows,
 )
 from .callables import load_callable
+from .chat import EMPTY_COMPLETION, empty_note, shown
 from .compose import compose, validate
 from .context import RunContext
 from .data import (
@@ -54,8 +55,17 @@ from .datafiles import read_rows
 from .distributed import generate as generate_from_policy
 from .distributed import shard
 from .encoding import EncodingSettings, prompt_encoding, report, report_start_model, saved_encoding
+from .engines import Engine, engine_weights, request_seed, sampler_logprob_rows, sync_gap
 from .errors import AlignkitError, CheckpointError, ConfigError, DataError, ModelError, TrainingError
-from .generation import SamplingSettings, distorting_options, end_token_ids, private_rng, sample
+from .generation import (
+    Completion,
+    SamplingSettings,
+    cut_completion,
+    distorting_options,
+    end_token_ids,
+    private_rng,
+    sample,
+)
 from .hookspecs import hookimpl
 from .interfaces import (
     Evaluates,
@@ -106,6 +116,8 @@ from .specs import (
     AdvantageSpec,
     CommandSpec,
     DataFormatSpec,
+    EngineSpec,
+    ISCorrectionSpec,
     LossSpec,
     MethodSpec,
     RolloutSpec,
@@ -117,7 +129,8 @@ from .tokenize import IGNORE_INDEX, Encoder, pad, text_ids, truncate_left
 
 __all__ = [
     # registering
-    "hookimpl", "MethodSpec", "LossSpec", "AdvantageSpec", "RolloutSpec", "ScorerSpec", "DataFormatSpec", "CommandSpec",
+    "hookimpl", "MethodSpec", "LossSpec", "AdvantageSpec", "RolloutSpec", "EngineSpec", "ISCorrectionSpec", "ScorerSpec",
+    "DataFormatSpec", "CommandSpec",
     # the contracts
     "RunContext", "LossOutput", "LossTerm", "UpdatePlan", "Objective", "Rollout", "Scorer", "Samples", "ListsExamples",
     "Stateful", "HasExtraParameters", "Evaluates", "PlansUpdates", "SavesExtras", "FillsBatches", "ReportsStats",
@@ -140,8 +153,9 @@ __all__ = [
     "JudgeScorer", "JudgeScorerConfig", "soft_score", "as_rewards", "Checker", "time_limit", "load_callable",
     # models, generation, encoding
     "ModelConfig", "load_model", "load_for_inference", "find_model_folder", "SamplingSettings", "sample",
-    "end_token_ids", "private_rng", "distorting_options", "generate_from_policy", "shard", "EncodingSettings",
-    "prompt_encoding", "saved_encoding", "report", "report_start_model",
+    "end_token_ids", "private_rng", "distorting_options", "generate_from_policy", "Completion", "cut_completion", "Engine",
+    "engine_weights", "request_seed", "sampler_logprob_rows", "sync_gap", "shard", "EncodingSettings",
+    "prompt_encoding", "saved_encoding", "report", "report_start_model", "EMPTY_COMPLETION", "shown", "empty_note",
     # running
     "compose", "validate", "train", "Stage", "run_stages", "get_registry", "format_metrics", "read_metrics", "pyplot",
     # errors

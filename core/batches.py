@@ -248,6 +248,9 @@ class RolloutBatch(TokenBatch):
         k: completions per prompt.
         index: (N,) the prompt index of each row in its split.
         eval_round: which held-out evaluation sampled the batch (None in training).
+        sampler_logps: (N, T−1) log π_sampler of each completion token as the inference engine computed it
+            when sampling (temperature and truncation applied), aligned with the trainer's log-probs
+            (column t holds the log-prob of token t + 1); 0 elsewhere. None when not recorded.
         extras: what the method's preparation adds, each (N, ...) or (N, T−1) per token
             (``old_logps``, ``advantages``, ``returns``, ...); selected with the rows.
     """
@@ -261,6 +264,7 @@ class RolloutBatch(TokenBatch):
     num_prompts: int = 0
     k: int = 1
     eval_round: int | None = None
+    sampler_logps: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def _per_example(self) -> dict[str, Any]:
@@ -277,7 +281,8 @@ class RolloutBatch(TokenBatch):
             elif value.dim() == 2 and value.shape[1] == full:
                 value = value[:, :width]
             extras[name] = value
-        return {"extras": extras}
+        sampler = None if self.sampler_logps is None else self.sampler_logps[rows.to(self.sampler_logps.device), : width - 1]
+        return {"extras": extras, "sampler_logps": sampler}
 
     @classmethod
     def from_texts(cls, prompts: list[list[dict[str, str]]], completions: list[str],
@@ -310,6 +315,10 @@ class RolloutBatch(TokenBatch):
 
         offsets = torch.cumsum(torch.tensor([0] + [b.num_prompts for b in batches[:-1]]), 0).tolist()
         rewards = [b.rewards for b in batches]
+        sampler = None
+        if all(b.sampler_logps is not None for b in batches):
+            sampler = torch.cat([torch.nn.functional.pad(b.sampler_logps, (0, width - 1 - b.sampler_logps.shape[1]))
+                                 for b in batches])  # (N, T-1)
         return cls(input_ids=padded("input_ids", pad_id), attention_mask=padded("attention_mask", 0),
                    labels=padded("labels", IGNORE_INDEX),
                    index=torch.cat([b.index for b in batches]) if all(b.index is not None for b in batches) else None,
@@ -318,7 +327,7 @@ class RolloutBatch(TokenBatch):
                    ended=torch.cat([b.ended for b in batches]),
                    prompts=[p for b in batches for p in b.prompts], prompt_text=[t for b in batches for t in b.prompt_text],
                    completions=[c for b in batches for c in b.completions], columns=[c for b in batches for c in b.columns],
-                   num_prompts=sum(b.num_prompts for b in batches), k=batches[0].k)
+                   num_prompts=sum(b.num_prompts for b in batches), k=batches[0].k, sampler_logps=sampler)
 
     def groups(self) -> torch.Tensor:
         """(P, k) row indices of each prompt's samples (rows are sample-major within a prompt)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -22,6 +22,24 @@ from .models import load_for_inference
 
 #: Prompt cap for a model without saved encoding settings: none in practice (the whole conversation).
 UNCAPPED = 1 << 30
+
+#: Shown in place of an answer without text: greedy decoding whose first token ends the turn prints
+#: nothing otherwise, which reads as a hang or a crash.
+EMPTY_COMPLETION = "(empty completion: the model ended its turn without any text)"
+
+
+def shown(answer: str) -> str:
+    """``answer`` as printed for a user: itself, or :data:`EMPTY_COMPLETION` when it has no text."""
+    return answer if answer.strip() else EMPTY_COMPLETION
+
+
+def empty_note(answers: Sequence[str], model: str) -> str | None:
+    """One line saying how many of ``model``'s answers are empty (None when none is)."""
+    empty = sum(1 for answer in answers if not answer.strip())
+    if not empty:
+        return None
+    return (f"alignkit: {empty} of {len(answers)} answers of {model} are empty (the model ended its turn "
+            "without any text)")
 
 
 def chat_encoding(tokenizer: Any, saved: EncodingSettings | None) -> EncodingSettings:
@@ -127,7 +145,7 @@ def main(argv: list[str]) -> int:
     options = dict(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
                    top_p=args.top_p, seed=args.seed, encoding=encoding, end_ids=end_token_ids(tokenizer, model))
     if args.prompt is not None:
-        print(reply(model, tokenizer, condition([*history, {"role": "user", "content": args.prompt}]), **options))
+        print(shown(reply(model, tokenizer, condition([*history, {"role": "user", "content": args.prompt}]), **options)))
         return 0
     interactive = sys.stdin.isatty()
     while True:
@@ -139,4 +157,4 @@ def main(argv: list[str]) -> int:
         history.append({"role": "user", "content": line.strip()})
         answer = reply(model, tokenizer, condition(history), **options)
         history.append({"role": "assistant", "content": answer})
-        print(f"assistant> {answer}" if interactive else answer, flush=True)
+        print(f"assistant> {shown(answer)}" if interactive else shown(answer), flush=True)

@@ -1,6 +1,7 @@
 """The ``alignkit`` command line.
 
-    alignkit train [hydra overrides]     train (Hydra's --help, --cfg job, -m pass through)
+    alignkit train [hydra overrides]     train (--help: what alignkit is and the config groups; Hydra's
+                                         --hydra-help, --cfg job, -m pass through)
     alignkit train resume=RUN [k=v ...]  continue a run (or pipeline) from its saved config
     alignkit plugins                     JSON: loaded plugins, what they registered, failures
     alignkit ls methods|losses|...       a table of registered names
@@ -24,7 +25,10 @@ from typing import Any, Callable
 
 from .errors import AlignkitError, ConfigError, disk_full_as_error
 
-LIST_KINDS = ("methods", "losses", "advantages", "rollouts", "scorers", "data_formats", "commands")
+HELP_FLAGS = ("-h", "--help")
+ABOUT = "alignkit: a plugin registry of LLM alignment methods, trained by one generic loop."
+LIST_KINDS = ("methods", "losses", "advantages", "rollouts", "engines", "is_corrections", "scorers", "data_formats",
+              "commands")
 
 
 def _error(message: str, code: int = 2) -> int:
@@ -117,6 +121,11 @@ def cmd_train(argv: list[str]) -> int:
     from .compose import CONFIG_MODULE, CONFIG_NAME, compose, setup, validate
     from .runfolder import claim_fresh, resume_target
 
+    if any(arg in HELP_FLAGS for arg in argv):  # ours, not Hydra's banner and schema groups (--hydra-help is Hydra's)
+        from .cli_help import train_help
+
+        print(train_help(argv))
+        return 0
     setup()
     passthrough = [arg for arg in argv if arg.startswith("-")]
     resume = resume_target(argv)
@@ -202,9 +211,10 @@ BUILTIN_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 
 def _usage(plugin_commands: dict) -> str:
-    lines = ["usage: alignkit <command> [args]", "", "commands:"]
+    lines = [ABOUT, "", "usage: alignkit <command> [args]", "", "commands:"]
     for name, (_, help_text) in {**BUILTIN_COMMANDS, **plugin_commands}.items():
         lines.append(f"  {name:<10} {help_text}")
+    lines += ["", "alignkit <command> --help tells more; alignkit train --help lists the config groups."]
     return "\n".join(lines)
 
 

@@ -274,20 +274,31 @@ class Completion:
         content: ``tokens`` without a final end token (what the text is decoded from).
         text: ``content`` decoded with special tokens skipped (what scorers and users read).
         ended: stopped on its own (end token or stop string) before ``max_new_tokens``.
+        logprobs: log π(y_t) of each of ``tokens`` under the distribution the engine sampled from
+            (temperature and truncation applied), as the engine computed it; None when not recorded.
     """
 
     tokens: list[int]
     content: list[int]
     text: str
     ended: bool
+    logprobs: list[float] | None = None
+
+    @property
+    def finish_reason(self) -> str:
+        """``stop`` (ended on its own) or ``length`` (cut by ``max_new_tokens``), as vLLM and OpenAI name them."""
+        return "stop" if self.ended else "length"
 
 
-def cut_completion(tokens: Sequence[int], end_ids: Collection[int], stop: Sequence[str], tokenizer: Any) -> Completion:
-    """The :class:`Completion` of one generated row (see :func:`completion_end`)."""
+def cut_completion(tokens: Sequence[int], end_ids: Collection[int], stop: Sequence[str], tokenizer: Any,
+                   logprobs: Sequence[float] | None = None) -> Completion:
+    """The :class:`Completion` of one generated row (see :func:`completion_end`); ``logprobs`` (one per
+    generated token) are cut with the tokens."""
     length, ended = completion_end(tokens, end_ids, stop, tokenizer)
     kept = [int(t) for t in tokens[:length]]
     content = kept[:-1] if kept and kept[-1] in end_ids else kept
-    return Completion(tokens=kept, content=content, text=tokenizer.decode(content, skip_special_tokens=True), ended=ended)
+    return Completion(tokens=kept, content=content, text=tokenizer.decode(content, skip_special_tokens=True), ended=ended,
+                      logprobs=None if logprobs is None else [float(v) for v in logprobs[:length]])
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -309,10 +320,65 @@ def _eval_mode_generate(model: Any, **kwargs: Any) -> torch.Tensor:
         model.train(was_training)
 
 
+class SampledLogprobs:
+    """A logits processor, last in the chain, that records log π(y_t) of every sampled token.
+
+    Hugging Face samples ``y_t ~ softmax(scores_t)`` where ``scores_t`` are the logits after every
+    processor (temperature, top-k, top-p, ...). Called with ``scores_t`` it keeps their log-softmax
+    (N, V); at the next call ``input_ids[:, -1]`` is the token sampled from them, whose log-prob it
+    gathers. :meth:`finish` gathers the last one. Memory: one (N, V) float32 tensor, not one per step.
+    """
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None  # (N, V) log-softmax of the last processed scores
+        self.taken: list[torch.Tensor] = []  # per step (N,)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:
+            self.taken.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))  # (N,)
+        self.previous = torch.log_softmax(scores.float(), dim=-1)  # (N, V)
+        return scores
+
+    def finish(self, generated: torch.Tensor) -> torch.Tensor:
+        """(N, new) log-probs of ``generated`` (N, new), the tokens after the prompt."""
+        if self.previous is not None and generated.shape[1] > len(self.taken):
+            self.taken.append(self.previous.gather(1, generated[:, -1:]).squeeze(1))
+        self.previous = None
+        if not self.taken:
+            return torch.zeros(generated.shape[0], 0)
+        return torch.stack(self.taken, dim=1)[:, : generated.shape[1]]  # (N, new)
+
+
+def _recording_processors(settings: SamplingSettings) -> tuple[list[Any], SampledLogprobs]:
+    """The sampling warpers in Hugging Face's own order (temperature, top-k, top-p), then the recorder.
+
+    Passed as ``logits_processor`` they run after the built-in processors (repetition penalty, n-gram
+    blocking, ...) exactly where ``generate`` would put its warpers, whose own copies are switched off
+    (:func:`_without_warpers`): the scores, hence the draws, are those of a plain ``generate``.
+    """
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    processors: list[Any] = []
+    if not settings.greedy:
+        if settings.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(float(settings.temperature)))
+        if settings.top_k > 0:
+            processors.append(TopKLogitsWarper(top_k=int(settings.top_k), min_tokens_to_keep=1))
+        if settings.top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p=float(settings.top_p), min_tokens_to_keep=1))
+    recorder = SampledLogprobs()
+    return processors + [recorder], recorder
+
+
+def _without_warpers(config: Any) -> Any:
+    config.temperature, config.top_k, config.top_p = 1.0, 0, 1.0  # None would be filled in (top_k=50)
+    return config
+
+
 @torch.no_grad()
 def sample(model: Any, prompts: Sequence[Sequence[int]], settings: SamplingSettings, *, end_ids: Collection[int],
            pad_id: int, tokenizer: Any, device: torch.device | None = None,
-           generate: Callable[..., torch.Tensor] | None = None) -> list[Completion]:
+           generate: Callable[..., torch.Tensor] | None = None, logprobs: bool = False) -> list[Completion]:
     """Generate one completion per prompt (left-padded batch, KV cache) and cut each where it ended.
 
     Draws from the global RNG (wrap in :func:`private_rng` or the rollout's own stream).
@@ -327,6 +393,8 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], settings: SamplingSetti
         device: where the batch goes (default: the model's first parameter's device).
         generate: ``generate(**kwargs) -> (N, P + new)`` to call instead of ``model.generate`` in eval
             mode, e.g. :func:`alignkit.distributed.generate` for a sharded policy.
+        logprobs: record each sampled token's log-prob under the processed distribution it was drawn
+            from (:class:`SampledLogprobs`); the draws are the same as without.
 
     Returns:
         N :class:`Completion` in prompt order.
@@ -337,10 +405,18 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], settings: SamplingSetti
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)  # (N, P)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (N, P)
-    kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask,
-                              "generation_config": generation_config(settings, end_ids, pad_id, tokenizer)}
+    config = generation_config(settings, end_ids, pad_id, tokenizer)
+    kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "generation_config": config}
+    recorder = None
+    if logprobs:
+        from transformers import LogitsProcessorList
+
+        processors, recorder = _recording_processors(settings)
+        kwargs.update(generation_config=_without_warpers(config), logits_processor=LogitsProcessorList(processors))
     if settings.stop:
         kwargs["tokenizer"] = tokenizer
     with own_generation_defaults(model):
         out = generate(**kwargs) if generate is not None else _eval_mode_generate(model, **kwargs)  # (N, P + new)
-    return [cut_completion(row, end_ids, settings.stop, tokenizer) for row in out[:, width:].tolist()]
+    generated = out[:, width:]  # (N, new)
+    taken = recorder.finish(generated).tolist() if recorder is not None else [None] * len(prompts)  # (N, new)
+    return [cut_completion(row, end_ids, settings.stop, tokenizer, lp) for row, lp in zip(generated.tolist(), taken)]

@@ -77,6 +77,27 @@ def register_rollouts(register: Callable) -> None:
 
 
 @hookspec
+def register_engines(register: Callable) -> None:
+    """Register inference engines that sample completions for ``rollout=generate`` (``rollout.engine=<name>``).
+
+    Call ``register(EngineSpec(name=..., build=..., schema=...))``; ``build(context, options)`` returns an
+    object following :class:`alignkit.engines.Engine` (generate, sync the policy's weights, score a
+    fixed continuation). ``hf`` (the exact reference) and ``vllm`` are built in; an SGLang or remote
+    server engine is a plugin of this hook.
+    """
+
+
+@hookspec
+def register_is_corrections(register: Callable) -> None:
+    """Register importance-sampling corrections of the train-inference mismatch (``method.is_correction``).
+
+    Call ``register(ISCorrectionSpec(name=..., fn=...))``; ``fn(log_ratio, mask, *, cap, level) -> weights``
+    (see :class:`alignkit.specs.ISCorrectionSpec`). Every online method (``ppo``, ``reinforce``, ``grpo``)
+    takes any of them by name.
+    """
+
+
+@hookspec
 def register_scorers(register: Callable) -> None:
     """Register scorers: what a completion is worth (``scorer=<name>``).
 
@@ -121,6 +142,8 @@ HOOK_NAMES = (
     "register_losses",
     "register_advantages",
     "register_rollouts",
+    "register_engines",
+    "register_is_corrections",
     "register_scorers",
     "register_data_formats",
     "register_config_dirs",

@@ -141,6 +141,14 @@ class ListsExamples(Protocol):
 
 
 @runtime_checkable
+class CountsEvalBatches(Protocol):
+    """A rollout that knows how many batches :meth:`Rollout.eval_batches` yields: the evaluation's
+    progress bar then has a total and an ETA (optional; see :func:`alignkit.loop.eval_batch_count`)."""
+
+    def num_eval_batches(self) -> int: ...
+
+
+@runtime_checkable
 class Samples(Protocol):
     """A rollout that samples completions from the policy: what online objectives need to know of it.
 

@@ -10,6 +10,7 @@ Building the run: :mod:`alignkit.run`; its state on disk: :mod:`alignkit.run_sta
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,14 +22,34 @@ from . import checkpoint as ckpt
 from . import distributed, run_state
 from .batches import batch_from_state, batch_state
 from .errors import TrainingError
-from .interfaces import FillsBatches, ReportsStats, UpdatePlan, units_by_term
+from .interfaces import CountsEvalBatches, FillsBatches, ListsExamples, ReportsStats, UpdatePlan, units_by_term
 from .metrics import format_metrics, to_float
 from .run import Run, build_run
 from .run_state import RunResult
 from .runfolder import prepare
 from .scoring import checked_rewards
 
-__all__ = ["Trainer", "RunResult", "train", "format_metrics"]
+__all__ = ["Trainer", "RunResult", "train", "format_metrics", "eval_batch_count"]
+
+
+def eval_batch_count(rollout: Any, eval_batch_size: int) -> int | None:
+    """How many batches ``rollout.eval_batches()`` yields: the evaluation bar's total (None: unknown).
+
+    A rollout that counts them says so (:class:`~alignkit.interfaces.CountsEvalBatches`); otherwise one
+    that knows its held-out examples (:class:`~alignkit.interfaces.ListsExamples`, or a ``held_out``
+    list) is taken to serve them in batches of its ``eval_batch_size`` (``eval_batch_size`` when it has
+    none of its own), as the built-in rollouts do.
+    """
+    if isinstance(rollout, CountsEvalBatches):
+        return int(rollout.num_eval_batches())
+    if isinstance(rollout, ListsExamples):
+        examples = rollout.num_examples("eval")
+    elif isinstance(getattr(rollout, "held_out", None), (list, tuple)):
+        examples = len(rollout.held_out)
+    else:
+        return None
+    size = int(getattr(rollout, "eval_batch_size", None) or eval_batch_size)
+    return math.ceil(examples / size) if size > 0 else None
 
 
 class Trainer:
@@ -125,7 +146,9 @@ class Trainer:
         self.policy.eval()
         values: dict[str, list[torch.Tensor]] = {}
         try:
-            for batch in self._progress(self.rollout.eval_batches(), desc="eval", leave=False):
+            total = eval_batch_count(self.rollout, int(self.cfg.trainer.eval_batch_size))
+            for batch in self._progress(self.rollout.eval_batches(), desc="eval", total=total, unit="batch",
+                                        leave=False):
                 batch = self._score(batch.to(self.run.accelerator.device))
                 for key, value in evaluates.evaluate(batch).items():
                     values.setdefault(key, []).append(value.detach().float().reshape(-1).cpu())

@@ -29,6 +29,12 @@ def to_float(value: Any) -> float:
     return float(value)
 
 
+def is_wall_time(key: str) -> bool:
+    """Whether a metric measures wall time (``elapsed_s``, ``rollout/generate_s``, ``scorer/math_seconds``):
+    the keys that differ between two otherwise identical runs."""
+    return key.endswith("_s") or key.endswith("_seconds")
+
+
 def format_metrics(values: dict[str, float]) -> str:
     """``name=value`` pairs on one line (4 significant digits), for logs and the end-of-run report."""
     return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) and math.isfinite(v) else f"{k}={v}" for k, v in values.items())

@@ -36,6 +36,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "alignkit.plugins.formats",
     "alignkit.plugins.rollouts.dataset",
     "alignkit.plugins.rollouts.generate",
+    "alignkit.plugins.engines",
+    "alignkit.plugins.corrections",
     "alignkit.plugins.scorers",
     "alignkit.plugins.advantages",
     "alignkit.plugins.sft",

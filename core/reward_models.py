@@ -15,9 +15,11 @@ settings (an older run) uses the chat template when the tokenizer has one, no sy
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -92,17 +94,34 @@ def score_sequences(model: Any, head: RewardHead, input_ids: torch.Tensor, atten
 DEFAULT_MAX_LENGTH = 1024
 
 
-def resolve_reward_folder(path: str | None) -> Path:
+def resolve_reward_folder(path: str | None, key: str = "scorer.path") -> Path:
+    """The folder of a reward model saved by ``method=reward_model`` that ``path`` names.
+
+    Args:
+        path: what the user gave: a run folder (its ``final/``, or its newest checkpoint), a checkpoint,
+            its ``model/`` or a saved folder.
+        key: how the user gave it, named in the error: a config key (``scorer.path``) or a flag
+            (``--model``, ``--judge reward_model:``).
+    """
     if not path:
-        raise ConfigError("scorer.path is not set; pass scorer.path=<reward-model run folder>")
-    try:  # a run folder (its final/, or its newest checkpoint), a checkpoint, its model/, a saved folder
-        folder: Path | None = find_model_folder(path, "scorer.path")
+        raise ConfigError(f"{key} is not set; pass {_named(key, '<reward-model run folder>')}")
+    try:
+        folder: Path | None = find_model_folder(path, key)
     except ModelError:
         folder = None
     if folder is not None and (folder / META_FILE).exists():
         return folder
-    raise ModelError(f"scorer.path={path}: no {META_FILE} in it, in its final/ or in a checkpoint's model/; "
-                     "train one with method=reward_model")
+    if not Path(path).expanduser().exists():
+        raise ModelError(f"{_named(key, path)}: no such file or folder")
+    raise ModelError(f"{_named(key, path)}: not a reward model (no {META_FILE} in it, in its final/ or in a "
+                     "checkpoint's model/); train one with method=reward_model")
+
+
+def _named(key: str, value: str) -> str:
+    """An argument as the user typed it: ``--model runs/x``, ``--judge reward_model:runs/x`` or ``scorer.path=runs/x``."""
+    if key.endswith(":"):
+        return f"{key}{value}"
+    return f"{key} {value}" if key.startswith("-") else f"{key}={value}"
 
 
 class RewardModelScorer:
@@ -124,6 +143,7 @@ class RewardModelScorer:
                                        chat_template=chat_template, source=source, log=log)
         self.encoder = self.encoding.encoder(self.tokenizer)
         self.batch_size, self.device = batch_size, device
+        self._bar: Any = None  # a progress bar over the batches being scored (see :meth:`progress`)
 
     def _encoding(self, folder: Path, *, max_length: int | None, system_prompt: str | None,
                   chat_template: bool | None, source: str, log: Callable[[str], None]) -> EncodingSettings:
@@ -140,6 +160,22 @@ class RewardModelScorer:
         if attribute not in self.head.attributes:
             raise ConfigError(f"scorer.attribute={attribute!r}; this reward model has {self.head.attributes}")
         return self.head.attributes.index(attribute)
+
+    @contextlib.contextmanager
+    def progress(self, *texts: int, desc: str = "reward model") -> Iterator[None]:
+        """Show a progress bar (total, rate, ETA) over the batches of the coming calls, ``texts[i]`` texts each.
+
+        For the long scorings of a command (``alignkit eval rm``); scoring inside training shows none.
+        """
+        from tqdm.auto import tqdm
+
+        total = sum(math.ceil(n / self.batch_size) for n in texts)
+        with tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True) as bar:
+            self._bar = bar
+            try:
+                yield
+            finally:
+                self._bar = None
 
     @property
     def attributes(self) -> list[str]:
@@ -165,6 +201,8 @@ class RewardModelScorer:
             ids = torch.tensor(pad(chunk, self.tokenizer.pad_token_id), device=self.device)  # (b, T)
             mask = torch.tensor(pad([[1] * len(r) for r in chunk], 0), device=self.device)  # (b, T)
             out.append(score_sequences(self.model, self.head, ids, mask))  # (b, A)
+            if self._bar is not None:
+                self._bar.update(1)
         return torch.cat(out).float().cpu()  # (B, A)
 
     def __call__(self, batch: RolloutBatch) -> torch.Tensor:

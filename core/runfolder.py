@@ -434,6 +434,11 @@ def _apply(saved: DictConfig, overrides: list[str]) -> DictConfig:
             GlobalHydra.instance().clear()
 
 
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    missing = object()
+    return OmegaConf.select(cfg, key, default=missing) is not missing
+
+
 def _check_types(changes: dict[str, tuple[Any, Any]]) -> None:
     """A changed value keeps its type (an int where a float was is fine: Hydra reads ``1`` as an int)."""
     for key, (old, new) in changes.items():
@@ -477,8 +482,10 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> DictConfig:
         if key in META_KEYS:
             meta[key] = override.value()
             continue
+        line.append(text)  # as typed: a restated command line is composed afresh as it was
+        if override.is_add() and not is_group_selection(override) and _has_key(saved, key):
+            text = text[1:]  # ``+key=v`` added the key to the fresh run; the saved config has it: a plain change
         (groups if is_group_selection(override) else keys).append(text)
-        line.append(text)
     cfg = _apply(saved, keys)
     changes = config_changes(saved, cfg)
     _check_types(changes)

@@ -164,6 +164,43 @@ class RolloutSpec(_Spec):
 
 
 @dataclass(frozen=True)
+class EngineSpec(_Spec):
+    """An inference engine behind ``rollout=generate`` (``rollout.engine=<name>``): ``build(context, options)
+    -> Engine`` (:class:`alignkit.engines.Engine`).
+
+    Attributes:
+        name: what ``rollout.engine`` selects (``hf``, ``vllm``, a plugin's ``sglang``, ...).
+        build: ``build(ctx, options) -> Engine``; ``options`` is ``rollout.engine_options`` typed by ``schema``.
+        schema: dataclass of the engine's options (an unknown or mistyped key is a one-line error).
+        exact: samples with the training code's own model (no copy of the weights to keep in sync).
+        summary: one line for ``alignkit ls engines``.
+    """
+
+    KIND = "engines"
+    build: Callable[..., Any] = None  # type: ignore[assignment]
+    schema: type | None = None
+    exact: bool = False
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class ISCorrectionSpec(_Spec):
+    """An importance-sampling correction of the train-inference mismatch (``method.is_correction=<name>``).
+
+    Attributes:
+        name: what ``method.is_correction`` selects.
+        fn: ``fn(log_ratio (N, T), mask (N, T), *, cap, level) -> weights (N, T)``: ``log_ratio`` is
+            log π_trainer(y_t) − log π_sampler(y_t) of the sampled tokens, ``level`` ``token`` or
+            ``sequence``; pure, no gradient. The weights multiply each token's policy-gradient term.
+        summary: one line for ``alignkit ls is_corrections``.
+    """
+
+    KIND = "is_corrections"
+    fn: Callable[..., Any] = None  # type: ignore[assignment]
+    summary: str = ""
+
+
+@dataclass(frozen=True)
 class ScorerSpec(_Spec):
     """What completions are worth: ``build(context, cfg.scorer) -> Scorer``.
 
@@ -241,6 +278,6 @@ class CommandSpec(_Spec):
 
 
 SPEC_TYPES: dict[str, type] = {
-    cls.KIND: cls for cls in (MethodSpec, LossSpec, AdvantageSpec, RolloutSpec, ScorerSpec, DataFormatSpec,
-                              CommandSpec)
+    cls.KIND: cls for cls in (MethodSpec, LossSpec, AdvantageSpec, RolloutSpec, EngineSpec, ISCorrectionSpec,
+                              ScorerSpec, DataFormatSpec, CommandSpec)
 }

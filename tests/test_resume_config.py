@@ -41,7 +41,9 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 def log(run: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_metrics(run)]
+    from alignkit.metrics import is_wall_time
+
+    return [{k: v for k, v in r.items() if not is_wall_time(k)} for r in read_metrics(run)]
 
 
 def cut_to_first_checkpoint(run: Path, cut: Path) -> Path:
@@ -185,3 +187,21 @@ def test_a_pipeline_resumes_from_its_folder_alone(cli_main, sft_file, tmp_path, 
     assert "stage 1/2 first: finished earlier" in out and "resumed from" in out
     assert_same_weights(uninterrupted, pipe / "second")
     assert log(pipe / "second") == log(uninterrupted)
+
+
+def test_a_plus_override_the_run_started_with_is_a_plain_change_on_resume(tmp_path):
+    """``+key=v`` adds a free-form key to a fresh run (``+scorer.kwargs.max_words=8``,
+    ``+rollout.engine_options.kv_cache_gib=1``); restated on a resume, whose saved config has the key, it
+    is a plain ``key=v`` (Hydra would refuse to add it twice)."""
+    from alignkit.compose import compose
+    from alignkit.runfolder import CONFIG, resume_config
+
+    started = [*TINY_DEFAULTS, "method=reinforce", "scorer=function",
+               "scorer.fn=alignkit.plugins.scorers.rewards:brevity", "+scorer.kwargs.max_words=8"]
+    (tmp_path / CONFIG).write_text(OmegaConf.to_yaml(compose(started)))
+    assert resume_config(tmp_path, ["+scorer.kwargs.max_words=8"]).scorer.kwargs.max_words == 8
+    assert resume_config(tmp_path, ["+scorer.kwargs.max_words=5"]).scorer.kwargs.max_words == 5
+    assert resume_config(tmp_path, ["+scorer.kwargs.min_words=2"]).scorer.kwargs.min_words == 2  # still adds
+    # the whole command line restated, + key included, as a script repeating its train line does
+    again = resume_config(tmp_path, started)
+    assert again.scorer.kwargs.max_words == 8

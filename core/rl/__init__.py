@@ -10,6 +10,9 @@ and none imports another for it.
   estimators, ``alignkit ls advantages``, name these);
 - :mod:`~alignkit.rl.aggregation`: ``aggregate`` / ``aggregation_units``, the reductions of GRPO-family
   per-token losses and the unit each averages over;
+- :mod:`~alignkit.rl.correction`: the train-inference mismatch (``mismatch_stats``) and its importance-
+  sampling corrections (``truncated_is_weights``, ``masked_is_weights``; ``SamplerCorrection`` applies the
+  configured one, ``ISCorrectionOptions`` are the ``method.is_*`` fields);
 - :mod:`~alignkit.rl.online`: ``sampling_rollout``, ``response_mask``, ``scalar_rewards``,
   ``reference_logprobs`` and ``OnlineEval`` (held-out reward, KL and length).
 """
@@ -25,11 +28,21 @@ from .advantages import (
                          rloo_advantages,
 )
 from .aggregation import AGGREGATIONS, aggregate, aggregation_units
+from .correction import (
+                         IS_LEVELS,
+                         ISCorrectionOptions,
+                         SamplerCorrection,
+                         masked_is_weights,
+                         mismatch_stats,
+                         truncated_is_weights,
+                         weighted_advantages,
+)
 from .kl import KL_ESTIMATORS, kl_k1, kl_k2, kl_k3, kl_penalty, sequence_kl
 from .masked import masked_mean, masked_whiten
 from .online import OnlineEval, reference_logprobs, response_mask, sampling_rollout, scalar_rewards
 
-__all__ = ["AGGREGATIONS", "KL_ESTIMATORS", "OnlineEval", "aggregate", "aggregation_units", "batch_normalized_advantages",
+__all__ = ["AGGREGATIONS", "IS_LEVELS", "ISCorrectionOptions", "KL_ESTIMATORS", "SamplerCorrection",
+           "masked_is_weights", "mismatch_stats", "truncated_is_weights", "weighted_advantages", "OnlineEval", "aggregate", "aggregation_units", "batch_normalized_advantages",
            "gae", "group_normalized_advantages", "kl_k1", "kl_k2", "kl_k3", "kl_penalty", "masked_mean",
            "masked_whiten", "moving_average_baseline", "no_baseline", "reference_logprobs", "response_mask",
            "rloo_advantages", "sampling_rollout", "scalar_rewards", "sequence_kl"]

@@ -15,7 +15,8 @@ def register_methods(register):
                         loss_family="policy",
                         # every loss, and with them every aggregation mode (grpo's is seq_mean_token_mean)
                         term_options=("loss=dapo", "loss=dr_grpo", "loss=gspo", "loss=cispo",
-                                      "loss.aggregation=seq_mean_token_sum", "method.kl_coef=0.1")))
+                                      "loss.aggregation=seq_mean_token_sum", "method.kl_coef=0.1",
+                                      "method.is_correction=tis")))
 
 
 @hookimpl

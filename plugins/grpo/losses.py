@@ -135,20 +135,20 @@ def gspo(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, *, 
         L   = 1/G Σ_i −min(s_i A_i, clip(s_i, 1 − ε_low, 1 + ε_high) A_i)
 
     with a much tighter range (ε_low 3e-4, ε_high 4e-4 in the paper). The per-completion loss is given
-    to every counted token of the completion, so ``seq_mean_token_mean`` gives the formula above.
+    to every counted token of the completion, so ``seq_mean_token_mean`` gives the formula above. Per-token
+    advantages (N, T) (importance-weighted ones) weight each token's copy of it.
 
     Args and returns as :func:`grpo`.
     """
     mask_f = mask.to(logps.dtype)  # (N, T)
     log_ratio = logps - old_logps.detach()  # (N, T)
     seq_log_ratio = (log_ratio * mask_f).sum(dim=1) / mask_f.sum(dim=1).clamp_min(1)  # (N,)
-    ratio = torch.exp(seq_log_ratio)  # (N,)
-    adv = advantages.detach() if advantages.dim() == 1 else advantages.detach()[:, 0]  # (N,) one per completion
-    unclipped = -ratio * adv  # (N,)
-    clipped = -torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * adv  # (N,)
-    per_seq = torch.maximum(unclipped, clipped)  # (N,)
-    losses = per_seq[:, None].expand_as(logps)  # (N, T)
-    clip = (clipped > unclipped)[:, None].expand_as(logps)  # (N, T)
+    ratio = torch.exp(seq_log_ratio)[:, None].expand_as(logps)  # (N, T): s_i on each token of completion i
+    adv = _per_token(advantages, logps)  # (N, T): A_i, or per-token A_i·w_t (importance-weighted)
+    unclipped = -ratio * adv  # (N, T)
+    clipped = -torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * adv  # (N, T)
+    losses = torch.maximum(unclipped, clipped)  # (N, T)
+    clip = clipped > unclipped  # (N, T)
     return aggregate(losses, mask, aggregation, norm_length), _stats(seq_log_ratio[:, None].expand_as(logps), clip, mask)
 
 

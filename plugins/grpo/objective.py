@@ -34,19 +34,22 @@ from alignkit.api import ConfigError, LossOutput, LossTerm, RolloutBatch, RunCon
 from alignkit.rl import (
     AGGREGATIONS,
     KL_ESTIMATORS,
+    ISCorrectionOptions,
     OnlineEval,
+    SamplerCorrection,
     aggregate,
     aggregation_units,
     kl_penalty,
     reference_logprobs,
     sampling_rollout,
     scalar_rewards,
+    weighted_advantages,
 )
 
 
 @dataclass
-class GRPOConfig:
-    """``method=grpo`` options.
+class GRPOConfig(ISCorrectionOptions):
+    """``method=grpo`` options (and the ``is_*`` options of :class:`alignkit.rl.ISCorrectionOptions`).
 
     Attributes:
         name: ``grpo``.
@@ -111,6 +114,7 @@ class GRPOObjective:
         self.advantage_fn = advantage.fn
         self.advantage_options = {k: v for k, v in {"scale_by_std": cfg.scale_by_std}.items() if k in advantage.takes}
         self.held_out = OnlineEval(ctx, self.temperature, cfg.kl_estimator, with_kl=cfg.kl_coef > 0)
+        self.correction = SamplerCorrection(ctx.registry, cfg)
         self.shuffle = torch.Generator().manual_seed(ctx.cfg.trainer.seed + 7_919)
 
     # ------------------------------------------------------------------ the loop's contract
@@ -173,7 +177,9 @@ class GRPOObjective:
         stats = sequence_logprobs(self.ctx.policy, batch, temperature=self.temperature)
         logps, mask = stats.logprobs, batch.response_mask()  # (B, T-1) each
         old = batch.extras.get("old_logps", logps.detach())  # μ = 1: the sampling policy is this one
-        policy_loss, loss_stats = self.loss_fn(logps, old, batch.extras["advantages"], mask, **self.loss_options)
+        weights, mismatch = self.correction.weights(old, batch.sampler_logps, mask)  # (B, T-1) or None
+        advantages = weighted_advantages(batch.extras["advantages"], weights)  # (B,) or (B, T-1)
+        policy_loss, loss_stats = self.loss_fn(logps, old, advantages, mask, **self.loss_options)
         terms: dict[str, Any] = {"policy_loss": policy_loss}
         if self.cfg.kl_coef > 0:
             kl_tokens = kl_penalty(logps, batch.extras["ref_logps"], estimator=self.cfg.kl_estimator)  # (B, T-1)
@@ -182,7 +188,7 @@ class GRPOObjective:
         metrics = {**loss_stats, "score": batch.rewards.float().mean(), "advantage_abs": batch.extras["advantages"].abs().mean(),
                    "length": mask.sum(dim=1).float().mean(), "ended": batch.ended.float().mean(),
                    # micro-batches hold whole groups: the row mean is the share of groups with equal rewards
-                   "zero_signal_share": batch.extras["zero_signal"].mean()}
+                   "zero_signal_share": batch.extras["zero_signal"].mean(), **mismatch}
         return LossOutput(terms=terms, metrics=metrics)
 
 

@@ -10,7 +10,7 @@ from . import objective
 @hookimpl
 def register_methods(register):
     register(MethodSpec(name="ppo", build=objective.build, consumes="prompts",
-                        schema=objective.PPOConfig, term_options=("method.entropy_coef=0.1",)))
+                        schema=objective.PPOConfig, term_options=("method.entropy_coef=0.1", "method.is_correction=tis")))
 
 
 @hookimpl

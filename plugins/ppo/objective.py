@@ -25,7 +25,9 @@ import torch
 from alignkit.api import ConfigError, LossOutput, RolloutBatch, RunContext, UpdatePlan
 from alignkit.rl import (
     KL_ESTIMATORS,
+    ISCorrectionOptions,
     OnlineEval,
+    SamplerCorrection,
     gae,
     masked_mean,
     masked_whiten,
@@ -34,6 +36,7 @@ from alignkit.rl import (
     sampling_rollout,
     scalar_rewards,
     sequence_kl,
+    weighted_advantages,
 )
 
 from .kl_control import KLController
@@ -42,8 +45,8 @@ from .value import CRITICS
 
 
 @dataclass
-class PPOConfig:
-    """``method=ppo`` options.
+class PPOConfig(ISCorrectionOptions):
+    """``method=ppo`` options (and the ``is_*`` options of :class:`alignkit.rl.ISCorrectionOptions`).
 
     Attributes:
         name: ``ppo``.
@@ -108,6 +111,7 @@ class PPOObjective:
         self.kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         self.critic = CRITICS[cfg.critic](ctx.policy).to(ctx.device)
         self.shuffle = torch.Generator().manual_seed(ctx.cfg.trainer.seed + 7_919)
+        self.correction = SamplerCorrection(ctx.registry, cfg)
 
     # ------------------------------------------------------------------ loop hooks
     def extra_parameters(self) -> list[Any]:
@@ -176,14 +180,16 @@ class PPOObjective:
     def __call__(self, batch: RolloutBatch) -> LossOutput:
         out, old = self._forward(batch, entropy=True), batch.extras
         mask = response_mask(batch)  # (B, T-1)
-        pg_loss, stats = ppo_clip(out.logprobs, old["old_logps"], old["advantages"], mask, clip=self.cfg.clip)
+        weights, mismatch = self.correction.weights(old["old_logps"], batch.sampler_logps, mask)  # (B, T-1) or None
+        pg_loss, stats = ppo_clip(out.logprobs, old["old_logps"], weighted_advantages(old["advantages"], weights), mask,
+                                  clip=self.cfg.clip)
         vf_loss = value_clip(out.values, old["old_values"], old["returns"], mask, clip=self.cfg.value_clip)
         entropy = masked_mean(out.entropy, mask)  # ()
         loss = pg_loss + self.cfg.vf_coef * vf_loss - self.cfg.entropy_coef * entropy
         metrics = {"pg_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), "entropy": entropy.detach(),
                    "kl": old["kl_tokens"].sum(dim=1).mean(), "kl_coef": old["kl_coef"].mean(),
                    "score": batch.rewards.float().mean(), "length": mask.sum(dim=1).float().mean(),
-                   "value_mean": masked_mean(out.values.detach(), mask), **stats}
+                   "value_mean": masked_mean(out.values.detach(), mask), **stats, **mismatch}
         return LossOutput(loss, metrics)
 
     # ------------------------------------------------------------------ resume and saving

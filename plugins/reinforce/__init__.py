@@ -10,7 +10,7 @@ from . import objective
 @hookimpl
 def register_methods(register):
     register(MethodSpec(name="reinforce", build=objective.build, consumes="prompts",
-                        schema=objective.ReinforceConfig))
+                        schema=objective.ReinforceConfig, term_options=("method.is_correction=tis",)))
 
 
 @hookimpl

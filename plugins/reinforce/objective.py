@@ -24,7 +24,9 @@ import torch
 from alignkit.api import ConfigError, LossOutput, RolloutBatch, RunContext, UpdatePlan, sequence_logprobs
 from alignkit.rl import (
     KL_ESTIMATORS,
+    ISCorrectionOptions,
     OnlineEval,
+    SamplerCorrection,
     moving_average_baseline,
     reference_logprobs,
     response_mask,
@@ -41,8 +43,8 @@ KL_MODES = ("reward", "loss")
 
 
 @dataclass
-class ReinforceConfig:
-    """``method=reinforce`` options.
+class ReinforceConfig(ISCorrectionOptions):
+    """``method=reinforce`` options (and the ``is_*`` options of :class:`alignkit.rl.ISCorrectionOptions`).
 
     Attributes:
         name: ``reinforce``.
@@ -78,6 +80,7 @@ class ReinforceObjective:
         if cfg.kl_estimator not in KL_ESTIMATORS:
             raise ConfigError(f"method.kl_estimator={cfg.kl_estimator!r}; expected one of {sorted(KL_ESTIMATORS)}")
         self.ctx, self.cfg = ctx, cfg
+        self.correction = SamplerCorrection(ctx.registry, cfg)
         rollout = sampling_rollout(ctx, "reinforce")
         self.temperature, self.k = rollout.temperature, int(rollout.num_samples)
         self.held_out = OnlineEval(ctx, self.temperature, cfg.kl_estimator, with_kl=cfg.kl_coef > 0)
@@ -146,12 +149,15 @@ class ReinforceObjective:
 
     def __call__(self, batch: RolloutBatch) -> LossOutput:
         stats = sequence_logprobs(self.ctx.policy, batch, temperature=self.temperature)
-        loss = policy_gradient(stats.sum, batch.extras["advantages"]).mean()  # ()
         mask = response_mask(batch)  # (B, T-1)
+        # One pass per rollout: π_old is this policy; importance weights (B, T-1) when a correction is set.
+        weights, mismatch = self.correction.weights(stats.logprobs.detach(), batch.sampler_logps, mask)
+        seq_logps = stats.sum if weights is None else (stats.logprobs * weights).sum(dim=1)  # (B,) Σ_t w_t log π(y_t)
+        loss = policy_gradient(seq_logps, batch.extras["advantages"]).mean()  # ()
         metrics: dict[str, Any] = {"score": batch.rewards.float().mean(),
                                    "reward": batch.extras["total_rewards"].mean(),
                                    "advantage_abs": batch.extras["advantages"].abs().mean(),
-                                   "length": mask.sum(dim=1).float().mean(), "ended": batch.ended.mean()}
+                                   "length": mask.sum(dim=1).float().mean(), "ended": batch.ended.mean(), **mismatch}
         if self.beta > 0 and self.cfg.kl_mode == "loss":
             kl = sequence_kl(stats.logprobs, batch.extras["ref_logps"], mask, self.kl_estimator).sum(dim=1)  # (B,)
             loss = loss + self.beta * kl.mean()

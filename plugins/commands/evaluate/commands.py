@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from alignkit.api import ConfigError, DataError, last_user_text, read_rows
+from alignkit.api import ConfigError, DataError, empty_note, last_user_text, read_rows
 
 from . import generation, judges, ratings, results
 from .reward_accuracy import reward_accuracy, reward_stats
@@ -60,7 +60,15 @@ def _slug(name: str) -> str:
 def _answers(name: str, prompts: list[list[dict]], options: generation.GenerationOptions, out: Path) -> list[str]:
     answers = generation.answers_for(name, prompts, options)
     generation.write_answers(out / "outputs" / f"{_slug(name)}.jsonl", prompts, answers, name)
+    _say_empty(answers, name)
     return answers
+
+
+def _say_empty(answers: list[str], model: str) -> None:
+    """Empty answers (greedy decoding that ends the turn at once) are said, not left to be found in the file."""
+    note = empty_note(answers, model)
+    if note:
+        print(note)
 
 
 # ---------------------------------------------------------------------------- eval rm
@@ -69,7 +77,7 @@ def eval_rm(args: argparse.Namespace) -> int:
 
     from alignkit.api import RewardModelScorer, resolve_reward_folder
 
-    folder = resolve_reward_folder(args.model)
+    folder = resolve_reward_folder(args.model, key="--model")  # errors name the argument as typed
     # Encoded as the reward model was trained (its saved settings); an explicit option that differs is reported.
     scorer = RewardModelScorer(folder, device=torch.device("cpu"), attribute=args.attribute,
                                batch_size=args.batch_size, max_length=args.max_length, system_prompt=args.system,
@@ -93,7 +101,7 @@ def eval_rm(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- eval winrate
 def eval_winrate(args: argparse.Namespace) -> int:
-    judge_spec = judges.parse_judge(args.judge)  # a bad --judge fails before any generation
+    judge_spec = judges.check_judge(args.judge)  # a bad --judge fails before any generation
     prompts = generation.read_prompts(args.prompts, data_format=args.format, limit=args.n)
     options = _options(args)
     out = results.output_dir(args.out, "winrate")
@@ -228,7 +236,7 @@ def eval_elo(args: argparse.Namespace) -> int:
             raise ConfigError("--models: give at least two different models")
         if not args.prompts or not args.judge:
             raise ConfigError("--models needs --prompts FILE and --judge reward_model:<dir>|judge:<model>")
-        judges.parse_judge(args.judge)
+        judges.check_judge(args.judge)  # before any generation
         models = list(args.models)
         prompts = generation.read_prompts(args.prompts, data_format=args.format, limit=args.n)
         options = _options(args)
@@ -329,4 +337,5 @@ def generate_main(argv: list[str]) -> int:
     answers = generation.answers_for(args.model, prompts, _options(args))
     generation.write_answers(Path(args.out), prompts, answers, args.model)
     print(f"alignkit: {len(answers)} answers of {args.model} written to {args.out}")
+    _say_empty(answers, args.model)
     return 0

@@ -44,11 +44,13 @@ class RewardModelJudge:
         from alignkit.api import RewardModelScorer, resolve_reward_folder
 
         self.name = f"reward_model:{path}"
-        self.scorer = RewardModelScorer(resolve_reward_folder(path), device=torch.device("cpu"), batch_size=batch_size)
+        folder = resolve_reward_folder(path, key="--judge reward_model:")
+        self.scorer = RewardModelScorer(folder, device=torch.device("cpu"), batch_size=batch_size)
 
     def score(self, prompts: list[list[dict]], answers: list[str]) -> np.ndarray:
-        """(n,) reward of each answer."""
-        return self.scorer.score_texts(prompts, answers).double().numpy()
+        """(n,) reward of each answer (a progress bar with total and ETA while it scores)."""
+        with self.scorer.progress(len(answers), desc="judge reward_model"):
+            return self.scorer.score_texts(prompts, answers).double().numpy()
 
     def compare(self, prompts: list[list[dict]], first: list[str], second: list[str]) -> np.ndarray:
         return outcome_from_scores(self.score(prompts, first), self.score(prompts, second))
@@ -114,6 +116,16 @@ def parse_judge(text: str) -> JudgeSpec:
         raise ConfigError(f"--judge {text!r}: expected reward_model:<reward-model run folder> or "
                           "judge:<model> (smollm2, a run folder, a HF folder)")
     return JudgeSpec(kind, target)
+
+
+def check_judge(text: str) -> JudgeSpec:
+    """Parse ``--judge`` and, for a reward model, find its folder: a bad judge fails before any generation."""
+    spec = parse_judge(text)
+    if spec.kind == "reward_model":
+        from alignkit.api import resolve_reward_folder
+
+        resolve_reward_folder(spec.target, key="--judge reward_model:")
+    return spec
 
 
 def build_judge(text: str, *, batch_size: int = 8) -> Any:

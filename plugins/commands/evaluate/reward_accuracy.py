@@ -8,6 +8,7 @@ accuracy with its Wilson 95% interval, the mean margin with its normal 95% inter
 
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,8 +32,10 @@ def reward_accuracy(scorer: Any, path: str, *, data_format: str = "auto", limit:
                            limit=limit)
     prompts = [r["prompt"] for r in records]
     # The completions as the data format parsed them (message lists): encoded exactly as training encodes them.
-    chosen = scorer.score_texts(prompts, [r["chosen"] for r in records])  # (n,)
-    rejected = scorer.score_texts(prompts, [r["rejected"] for r in records])  # (n,)
+    bar = scorer.progress(len(records), len(records), desc="eval rm") if hasattr(scorer, "progress") else contextlib.nullcontext()
+    with bar:  # total and ETA over both scorings
+        chosen = scorer.score_texts(prompts, [r["chosen"] for r in records])  # (n,)
+        rejected = scorer.score_texts(prompts, [r["rejected"] for r in records])  # (n,)
     margin = (chosen - rejected).double()  # (n,)
     summary = preference_summary(preference_correct(margin, tie_scale(chosen, rejected)), margin)
     rows = [{"where": r["_where"], "chosen_reward": float(c), "rejected_reward": float(x), "margin": float(c - x)}

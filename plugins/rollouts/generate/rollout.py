@@ -5,9 +5,14 @@ top-k / stop strings. Sampling draws from the rollout's own random stream (saved
 the position in the prompt order), so a resumed run samples exactly what the uninterrupted run would
 have, whatever else consumed random numbers in between.
 
-Log-probs are *not* taken from ``generate``: the objective recomputes them with the training code
-path at the same temperature, so the PPO ratio of the first update is exactly 1 (TRL #4159 is the bug
-of mixing the two). With top-p < 1 or top-k > 0 the tokens come from a truncated distribution while
+Completions come from an inference engine (``rollout.engine``, registered: ``hf`` samples with the
+policy's own ``generate`` and is the exact reference; ``vllm`` holds a copy of the weights, synced from
+the policy every ``rollout.sync_every`` updates and checked when ``rollout.verify_sync``). The engine's
+token ids are trained on as they are (never re-tokenised), and its log-probs of the sampled tokens are
+kept (``RolloutBatch.sampler_logps``) for the mismatch statistics and corrections of
+:mod:`alignkit.rl.correction`; the objective itself recomputes log-probs with the training code path at
+the same temperature, so the PPO ratio of the first update is exactly 1 (TRL #4159 is the bug of mixing
+the two). With top-p < 1 or top-k > 0 the tokens come from a truncated distribution while
 the recomputed log-probs are those of the full temperature-scaled softmax: the policy gradient is then
 biased (it treats truncated samples as draws from the full policy). A warning says so, and likewise
 for the other options that change the sampled distribution (repetition penalty, n-gram blocking,
@@ -22,6 +27,7 @@ token); the end token is kept in the training row and removed from the text scor
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -35,18 +41,19 @@ from alignkit.api import (
     RolloutBatch,
     RunContext,
     SamplingSettings,
+    TrainingError,
     completion_rows,
     distorting_options,
     encode_records,
-    end_token_ids,
     last_user_text,
     make_encoder,
     report_start_model,
-    sample,
+    request_seed,
+    sampler_logprob_rows,
     shard,
     split_records,
+    sync_gap,
 )
-from alignkit.api import generate_from_policy as generate
 
 
 @dataclass
@@ -79,6 +86,17 @@ class GenerateConfig:
             sample more prompts until the batch has ``trainer.batch_size`` prompts again (DAPO, Yu et al.
             2025), at most ``max_refills`` extra rollouts a step; a batch that stays short trains short.
         max_refills: the cap on extra rollouts per step under ``dynamic_sampling`` (reported).
+        engine: the registered inference engine that samples (``alignkit ls engines``): ``hf`` (Hugging Face
+            generate with the policy itself, the exact reference) or ``vllm`` (in-process vLLM).
+        engine_options: the engine's own options (``vllm``: ``kv_cache_gib``, ``gpu_memory_utilization``,
+            ``sleep``, ``enforce_eager``, ``max_model_len``, ``dtype``, ``quiet``), typed by its schema.
+        sync_every: copy the policy's weights into an engine that holds its own every this many updates
+            (1: every update; more is faster and samples from a stale policy, which ``method.is_correction``
+            can correct). Held-out evaluation always samples with the current weights.
+        verify_sync: after each sync, score a fixed sequence with the engine and the trainer and stop with
+            an error when a log-prob differs by more than ``verify_tolerance`` (a debug check, logged as
+            ``rollout/sync_gap``).
+        verify_tolerance: the largest accepted |Δ log p| of ``verify_sync`` (1e-4 suits fp32).
     """
 
     name: str = "generate"
@@ -101,6 +119,11 @@ class GenerateConfig:
     mask_truncated: bool = False
     dynamic_sampling: bool = False
     max_refills: int = 4
+    engine: str = "hf"
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    sync_every: int = 1
+    verify_sync: bool = False
+    verify_tolerance: float = 1e-4
 
 
 class SamplingRNG:
@@ -175,14 +198,23 @@ class GenerateRollout:
         self.batch_size, self.eval_batch_size, self.seed = tcfg.batch_size, tcfg.eval_batch_size, tcfg.seed
         if len(self.train) < self.batch_size:
             raise DataError(f"data.path: {len(self.train)} training prompts, fewer than trainer.batch_size={self.batch_size}")
-        tokenizer = ctx.tokenizer
-        self.pad_id = tokenizer.pad_token_id
-        # Every id that ends a turn (tokenizer EOS, the model's eos_token_id list, the template's end of turn).
-        self.end_ids = end_token_ids(tokenizer, ctx.policy)
-        self.rng = SamplingRNG(tcfg.seed if cfg.seed is None else cfg.seed, ctx.device)
+        self.pad_id = ctx.tokenizer.pad_token_id
+        self.sample_seed = tcfg.seed if cfg.seed is None else cfg.seed
+        self.rng = SamplingRNG(self.sample_seed, ctx.device)
         self.epoch, self.index, self.eval_round, self.batches_sampled = 0, 0, 0, 0
         self.stats: dict[str, float] = {}
         self._order = self._plan(self.epoch)
+        if cfg.sync_every < 1:
+            raise ConfigError(f"rollout.sync_every={cfg.sync_every}: must be >= 1")
+        self.engine_spec = ctx.registry.get("engines", cfg.engine, where="rollout.engine")
+        self.engine = self.engine_spec.build(ctx, _engine_options(self.engine_spec, cfg.engine_options))
+        self._since_sync: int | None = None  # training batches since the last scheduled sync (None: none yet)
+        self._current = False  # the engine holds the policy's current weights
+        self._refilling = False  # inside fill(): more batches of the same policy (no sync)
+        # A fixed sequence both the engine and the trainer score after a sync (verify_sync).
+        self._probe = [list(e["prompt_ids"]) + list(e["prompt_ids"][:8]) for e in self.train[:2]]
+        if not self.engine_spec.exact:
+            ctx.log(f"rollout: engine {cfg.engine}, weights synced from the policy every {cfg.sync_every} update(s)")
 
     @property
     def temperature(self) -> float:
@@ -225,29 +257,76 @@ class GenerateRollout:
                                 min_new_tokens=cfg.min_new_tokens, suppress_tokens=tuple(cfg.suppress_tokens),
                                 bad_words=tuple(cfg.bad_words))
 
+    def _sync(self, policy: Any, report: bool) -> None:
+        """Copy the policy's weights into the engine, checked against the trainer under ``verify_sync``;
+        ``report``: log its time (and gap) with the training step (not with an evaluation)."""
+        start = time.perf_counter()
+        self.engine.sync(policy)
+        if report:
+            self._count("sync_s", time.perf_counter() - start)
+        self._current = True
+        if self.cfg.verify_sync:
+            gap = sync_gap(self.engine, policy, self._probe)
+            if report:
+                self._count("sync_gap", gap)
+            if gap > self.cfg.verify_tolerance:
+                raise TrainingError(f"rollout.engine={self.cfg.engine}: after the weight sync the engine's log-probs differ "
+                                    f"from the policy's by {gap:.3g} > rollout.verify_tolerance={self.cfg.verify_tolerance:g}"
+                                    " (a parameter the sync did not reach)")
+
+    def _sync_if_due(self, policy: Any, evaluation: bool = False) -> None:
+        """Training: every ``sync_every`` batches (no copy when the engine already holds these weights);
+        evaluation: whenever the policy changed since the engine last received it, off the schedule."""
+        if self.engine_spec.exact:
+            return
+        if evaluation:
+            if not self._current:
+                self._sync(policy, report=False)
+            return
+        if self._since_sync is None or self._since_sync >= self.cfg.sync_every:
+            if not self._current:
+                self._sync(policy, report=True)
+            self._since_sync = 0
+
     @torch.no_grad()
-    def _sample(self, policy: Any, examples: list[dict], k: int, greedy: bool) -> RolloutBatch:
-        """Generate k completions for each example and lay them out as a :class:`~alignkit.batches.RolloutBatch`."""
-        tokenizer = self.ctx.tokenizer
+    def _sample(self, policy: Any, examples: list[dict], k: int, greedy: bool, seeds: list[int]) -> RolloutBatch:
+        """Generate k completions for each example and lay them out as a :class:`~alignkit.batches.RolloutBatch`.
+
+        ``seeds``: one per row (sample-major within a prompt), for engines that seed each request.
+        """
         prompt_ids = [e["prompt_ids"] for e in examples for _ in range(k)]  # (N,) lists, sample-major per prompt
-        # Unwrapped, eval mode, a sharded policy (FSDP, ZeRO-3) gathered for generate; train mode restored.
         # Each row is cut at its first end id (kept: the policy learns to stop; left out of the text).
-        cut = sample(policy, prompt_ids, self._settings(greedy), end_ids=self.end_ids, pad_id=self.pad_id,
-                     tokenizer=tokenizer, device=self.ctx.device,
-                     generate=lambda **kwargs: generate(policy, self.ctx.accelerator, **kwargs))
+        cut = self.engine.generate(policy, prompt_ids, self._settings(greedy), seeds)
         prompts = [e["prompt"] for e in examples for _ in range(k)]
-        return RolloutBatch(**completion_rows(prompt_ids, [c.tokens for c in cut], self.pad_id),
+        rows = completion_rows(prompt_ids, [c.tokens for c in cut], self.pad_id)  # (N, T) each
+        return RolloutBatch(**rows,
                             group=torch.arange(len(examples)).repeat_interleave(k),  # (N,)
                             ended=torch.tensor([c.ended for c in cut], dtype=torch.float32),  # (N,)
                             prompts=prompts, prompt_text=[last_user_text(p) for p in prompts],
                             completions=[c.text for c in cut],  # what scorers read: the text before the end of turn
                             columns=[dict(e.get("columns") or {}) for e in examples for _ in range(k)],
-                            num_prompts=len(examples), k=k)
+                            num_prompts=len(examples), k=k,
+                            sampler_logps=sampler_logprob_rows([len(p) for p in prompt_ids], cut,
+                                                               rows["input_ids"].shape[1]))  # (N, T-1)
+
+    def _seeds(self, kind: str, base: int, round_: int, indices: list[int], k: int) -> list[int]:
+        """Per-row seeds ``request_seed(base, kind, round, prompt index, sample)``: the same rows of the same
+        step get the same draws in a resumed run."""
+        return [request_seed(base, kind, round_, i, j) for i in indices for j in range(k)]
 
     def next_batch(self, policy: Any) -> RolloutBatch:
+        refill = self._refilling
+        if not refill:
+            self._sync_if_due(policy)
         chosen = shard(self._next_prompts(), self.ctx.accelerator)  # this process's prompts of the global batch
         examples = [self.train[i] for i in chosen]
-        batch = self.rng.run(lambda: self._sample(policy, examples, self.cfg.num_samples, greedy=False))
+        seeds = self._seeds("train", self.sample_seed, self.batches_sampled, chosen, self.cfg.num_samples)
+        start = time.perf_counter()
+        batch = self.rng.run(lambda: self._sample(policy, examples, self.cfg.num_samples, greedy=False, seeds=seeds))
+        self._count("generate_s", self.stats.get("generate_s", 0.0) + time.perf_counter() - start)  # refills add up
+        if not refill and self._since_sync is not None:
+            self._since_sync += 1
+            self._current = False  # the policy is updated on this batch next
         self.batches_sampled += 1
         self._count("truncated_share", float(1.0 - batch.ended.mean()))
         if self.cfg.mask_truncated:  # cut completions leave the loss (their targets masked), not their groups
@@ -269,7 +348,11 @@ class GenerateRollout:
             kept.append(batch.select_prompts(signal))
             if sum(b.num_prompts for b in kept) >= target or refills >= self.cfg.max_refills:
                 break
-            batch, refills = more(), refills + 1
+            self._refilling = True  # same policy: no sync, not a new update
+            try:
+                batch, refills = more(), refills + 1
+            finally:
+                self._refilling = False
         full = RolloutBatch.concat([b for b in kept if b.num_prompts], self.pad_id) if any(b.num_prompts for b in kept) \
             else batch  # nothing had signal: train on the last batch (a zero gradient), reported
         if full.num_prompts > target:
@@ -283,8 +366,10 @@ class GenerateRollout:
         self.stats[name] = value
 
     def pop_stats(self) -> dict[str, float]:
-        """Per step: the share of completions cut by the length cap and, under dynamic sampling, the share of
-        zero-signal groups, the extra rollouts sampled and how many prompts the batch was short."""
+        """Per step: ``generate_s`` (the engine's sampling time, refills included), ``sync_s`` (the weight sync, when
+        one happened) and ``sync_gap`` (under ``verify_sync``), the share of completions cut by the length cap
+        and, under dynamic sampling, the share of zero-signal groups, the extra rollouts sampled and how many
+        prompts the batch was short."""
         stats, self.stats = self.stats, {}
         return {f"rollout/{k}": v for k, v in sorted(stats.items())}
 
@@ -293,13 +378,17 @@ class GenerateRollout:
         if not self.held_out:
             return
         policy, cfg = self.ctx.policy, self.cfg
+        self._sync_if_due(policy, evaluation=True)
         n, size = len(self.held_out), self.eval_batch_size
         stream = SamplingRNG(cfg.eval_seed, self.ctx.device)
         round_ = self.eval_round
         self.eval_round += 1
         for start in range(0, n, size):
             examples = self.held_out[start:start + size]
-            batch = stream.run(lambda: self._sample(policy, examples, cfg.eval_num_samples, greedy=cfg.eval_greedy))
+            # The same seeds every round (common random numbers, as the eval stream).
+            seeds = self._seeds("eval", cfg.eval_seed, 0, list(range(start, start + len(examples))), cfg.eval_num_samples)
+            batch = stream.run(lambda: self._sample(policy, examples, cfg.eval_num_samples, greedy=cfg.eval_greedy,
+                                                    seeds=seeds))
             index = torch.arange(start, start + len(examples)).repeat_interleave(cfg.eval_num_samples)  # (N,)
             yield dataclasses.replace(batch, index=index, eval_round=round_)
 
@@ -313,6 +402,19 @@ class GenerateRollout:
         self.eval_round, self.batches_sampled = int(state["eval_round"]), int(state["batches_sampled"])
         self.rng.state = dict(state["rng"])
         self._order = self._plan(self.epoch)
+
+
+def _engine_options(spec: Any, options: Any) -> Any:
+    """``rollout.engine_options`` typed by the engine's schema; an unknown or mistyped key is one line."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if spec.schema is None:
+        return options
+    try:
+        return OmegaConf.merge(OmegaConf.structured(spec.schema), options or {})
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"rollout.engine_options for rollout.engine={spec.name}: {str(exc).splitlines()[0]}") from None
 
 
 def _signal_groups(batch: RolloutBatch) -> torch.Tensor:

