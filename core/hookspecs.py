@@ -81,7 +81,7 @@ def register_engines(register: Callable) -> None:
     """Register inference engines that sample completions for ``rollout=generate`` (``rollout.engine=<name>``).
 
     Call ``register(EngineSpec(name=..., build=..., schema=...))``; ``build(context, options)`` returns an
-    object following :class:`alignkit.engines.Engine` (generate, sync the policy's weights, score a
+    object following :class:`alignkit.api.Engine` (generate, sync the policy's weights, score a
     fixed continuation). ``hf`` (the exact reference) and ``vllm`` are built in; an SGLang or remote
     server engine is a plugin of this hook.
     """
@@ -92,7 +92,7 @@ def register_is_corrections(register: Callable) -> None:
     """Register importance-sampling corrections of the train-inference mismatch (``method.is_correction``).
 
     Call ``register(ISCorrectionSpec(name=..., fn=...))``; ``fn(log_ratio, mask, *, cap, level) -> weights``
-    (see :class:`alignkit.specs.ISCorrectionSpec`). Every online method (``ppo``, ``reinforce``, ``grpo``)
+    (see :class:`alignkit.api.ISCorrectionSpec`). Every online method (``ppo``, ``reinforce``, ``grpo``)
     takes any of them by name.
     """
 
