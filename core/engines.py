@@ -110,26 +110,31 @@ def engine_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 @torch.no_grad()
+def policy_logprobs(policy: Any, sequences: Sequence[Sequence[int]], pad_id: int = 0) -> list[list[float]]:
+    """log p(x_t | x_<t), t = 1 .. len − 1, of each sequence under ``policy`` at temperature 1, through the
+    training code path (:func:`alignkit.logprobs.sequence_logprobs`): what engines are compared with."""
+    from .batches import TokenBatch, completion_rows
+    from .logprobs import sequence_logprobs
+
+    rows = completion_rows([list(s[:1]) for s in sequences], [list(s[1:]) for s in sequences], pad_id)  # (N, T) each
+    device = next(policy.parameters()).device
+    batch = TokenBatch(**{k: v.to(device) for k, v in rows.items()})
+    logps = sequence_logprobs(policy, batch, temperature=1.0).logprobs  # (N, T-1)
+    return [logps[i, : len(s) - 1].tolist() for i, s in enumerate(sequences)]
+
+
 def sync_gap(engine: Engine, policy: Any, sequences: Sequence[Sequence[int]]) -> float:
     """max |log p_engine − log p_policy| over every next-token log-prob of ``sequences`` (temperature 1).
 
     The check that a weight sync took: a fixed continuation scored by the engine and by the training
-    code path (:func:`alignkit.logprobs.sequence_logprobs`). fp32 engines agree to ~1e-6; a parameter the
-    sync missed (a tied LM head, rotary tables) shows as a gap of 0.1 or more while greedy tokens may
-    still look right.
+    code path (:func:`policy_logprobs`). fp32 engines agree to ~1e-6; a parameter the sync missed (a tied
+    LM head, rotary tables) shows as a gap of 0.1 or more while greedy tokens may still look right.
     """
-    from .batches import TokenBatch, completion_rows
-    from .logprobs import sequence_logprobs
-
-    engine_values = engine.prompt_logprobs(sequences)
-    rows = completion_rows([list(s[:1]) for s in sequences], [list(s[1:]) for s in sequences], 0)  # (N, T) each
-    device = next(policy.parameters()).device
-    batch = TokenBatch(**{k: v.to(device) for k, v in rows.items()})
-    ours = sequence_logprobs(policy, batch, temperature=1.0).logprobs  # (N, T-1)
     gap = 0.0
-    for i, values in enumerate(engine_values):
-        mine = ours[i, : len(values)].double().cpu()
-        gap = max(gap, float((mine - torch.tensor(values, dtype=torch.float64)).abs().max()) if values else 0.0)
+    for theirs, ours in zip(engine.prompt_logprobs(sequences), policy_logprobs(policy, sequences)):
+        if theirs:
+            diff = torch.tensor(ours, dtype=torch.float64) - torch.tensor(theirs, dtype=torch.float64)
+            gap = max(gap, float(diff.abs().max()))
     return gap
 
 

@@ -227,3 +227,21 @@ def test_registered_names_are_listed(cli_main):
     assert code == 0 and "hf" in out and "vllm" in out
     code, out, _ = cli_main("ls", "is_corrections")
     assert code == 0 and "tis" in out and "mis" in out
+
+
+def test_the_hf_engine_scores_fixed_sequences_as_a_float64_forward(alignkit_compose, tmp_path):
+    """``sync_gap`` of the exact engine is 0, and its log-probs are those of a float64 forward of the policy."""
+    import copy
+
+    from alignkit.engines import sync_gap
+    from alignkit.logprobs import unwrap_lm
+    from alignkit.loop import Trainer
+
+    trainer = Trainer(alignkit_compose(*_online("grpo", tmp_path)), tmp_path / "run")
+    sequences = [[1, 504, 3120, 314, 260, 1734], [9, 8, 7, 6]]
+    assert sync_gap(trainer.rollout.engine, trainer.policy, sequences) == 0.0
+    model = copy.deepcopy(unwrap_lm(trainer.policy)).double().eval()
+    for seq, values in zip(sequences, trainer.rollout.engine.prompt_logprobs(sequences)):
+        with torch.no_grad():
+            expected = torch.log_softmax(model(torch.tensor([seq])).logits[0, :-1], -1).gather(1, torch.tensor(seq[1:])[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(values, dtype=torch.float64), expected, atol=1e-5)

@@ -16,11 +16,9 @@ from alignkit.api import (
     Completion,
     RunContext,
     SamplingSettings,
-    TokenBatch,
-    completion_rows,
     end_token_ids,
+    policy_logprobs,
     sample,
-    sequence_logprobs,
 )
 from alignkit.api import generate_from_policy as generate
 
@@ -48,10 +46,7 @@ class HFEngine:
         """Nothing to copy: the engine is the policy."""
 
     def prompt_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
-        rows = completion_rows([list(s[:1]) for s in sequences], [list(s[1:]) for s in sequences], self.pad_id)
-        batch = TokenBatch(**{k: v.to(self.ctx.device) for k, v in rows.items()})
-        logps = sequence_logprobs(self.ctx.policy, batch, temperature=1.0).logprobs  # (N, T-1)
-        return [logps[i, : len(s) - 1].tolist() for i, s in enumerate(sequences)]
+        return policy_logprobs(self.ctx.policy, sequences, self.pad_id)
 
     def close(self) -> None:
         """Nothing held."""
