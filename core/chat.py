@@ -16,7 +16,7 @@ import torch
 
 from .encoding import EncodingSettings, report, saved_encoding
 from .errors import ConfigError
-from .generation import SamplingSettings, end_token_ids, private_rng
+from .generation import Completion, SamplingSettings, end_token_ids, private_rng
 from .generation import sample as sample_completions  # ``reply`` has a ``sample`` flag
 from .models import load_for_inference
 
@@ -28,9 +28,17 @@ UNCAPPED = 1 << 30
 EMPTY_COMPLETION = "(empty completion: the model ended its turn without any text)"
 
 
-def shown(answer: str) -> str:
-    """``answer`` as printed for a user: itself, or :data:`EMPTY_COMPLETION` when it has no text."""
-    return answer if answer.strip() else EMPTY_COMPLETION
+#: Said after an answer the repetition guard stopped.
+REPETITION_STOPPED = ("(stopped: the answer began repeating itself; one copy is shown. --repetition-guard 0 lets "
+                      "it run to --max-new-tokens)")
+
+
+def shown(answer: str | Completion) -> str:
+    """``answer`` as printed for a user: its text, :data:`EMPTY_COMPLETION` when it has none, and
+    :data:`REPETITION_STOPPED` on a line of its own when the repetition guard stopped it."""
+    text = answer if isinstance(answer, str) else answer.text.strip()
+    stopped = not isinstance(answer, str) and answer.finish_reason == "repetition"
+    return (text if text.strip() else EMPTY_COMPLETION) + (f"\n{REPETITION_STOPPED}" if stopped else "")
 
 
 def empty_note(answers: Sequence[str], model: str) -> str | None:
@@ -48,11 +56,32 @@ def chat_encoding(tokenizer: Any, saved: EncodingSettings | None) -> EncodingSet
                                                                       max_prompt_length=UNCAPPED)
 
 
+class TokenBar:
+    """A progress bar over one answer's tokens (total: ``max_new_tokens``), fed by ``generate`` as a
+    ``transformers`` streamer: its first ``put`` is the prompt, each later one a new token."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="answer", unit="tok", leave=False, dynamic_ncols=True)
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.bar.update(int(value.numel()))
+
+    def end(self) -> None:
+        self.bar.close()
+
+
 @torch.no_grad()
 def reply(model: Any, tokenizer: Any, messages: list[dict], *, max_new_tokens: int = 256, sample: bool = False,
           temperature: float = 0.7, top_p: float = 1.0, seed: int = 0, encoding: EncodingSettings | None = None,
-          end_ids: frozenset[int] | None = None) -> str:
-    """One assistant turn for ``messages``: encoded per ``encoding``, stopped and cut at the end of the turn.
+          end_ids: frozenset[int] | None = None, repetition_guard: int = 3, progress: bool = False) -> Completion:
+    """One assistant turn for ``messages``: encoded per ``encoding``, stopped and cut at the end of the turn
+    (or where it began repeating itself).
 
     Args:
         model, tokenizer: the model that answers.
@@ -63,15 +92,23 @@ def reply(model: Any, tokenizer: Any, messages: list[dict], *, max_new_tokens: i
         seed: seed of a private random stream (the global RNG is left as it was).
         encoding: how prompts become tokens (default: :func:`chat_encoding` of no saved settings).
         end_ids: ids that end the turn (default: :func:`alignkit.generation.end_token_ids`).
+        repetition_guard: stop once a passage has come this many times in a row, keeping one copy
+            (``finish_reason`` ``repetition``; :func:`alignkit.generation.repetition_cut`); 0: off.
+        progress: show a bar over the answer's tokens (:class:`TokenBar`, on stderr).
+
+    Returns:
+        The :class:`~alignkit.generation.Completion` (``.text``, ``.finish_reason``).
     """
     encoder = (encoding or chat_encoding(tokenizer, None)).encoder(tokenizer)
-    settings = SamplingSettings(max_new_tokens=max_new_tokens, greedy=not sample, temperature=temperature, top_p=top_p)
+    settings = SamplingSettings(max_new_tokens=max_new_tokens, greedy=not sample, temperature=temperature, top_p=top_p,
+                                repetition_guard=repetition_guard)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with private_rng(seed, next(model.parameters()).device):
         cut = sample_completions(model, [encoder.prompt_ids(messages)], settings,
                                  end_ids=end_ids if end_ids is not None else end_token_ids(tokenizer, model),
-                                 pad_id=pad_id, tokenizer=tokenizer)
-    return cut[0].text.strip()
+                                 pad_id=pad_id, tokenizer=tokenizer,
+                                 streamer=TokenBar(max_new_tokens) if progress else None)
+    return cut[0]
 
 
 def parse_key_values(text: str) -> dict[str, str]:
@@ -132,8 +169,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--repetition-guard", type=int, default=3, metavar="N",
+                        help="stop an answer once a passage repeats N times in a row, keep one copy and say so "
+                             "(default 3; 0: off)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.repetition_guard < 0 or args.repetition_guard == 1:
+        raise ConfigError(f"--repetition-guard {args.repetition_guard}: 0 (off) or a number of repeats >= 2")
     condition = prompt_conditioner(args.model, args.attributes) if args.attributes else (lambda messages: messages)
     model, tokenizer = load_for_inference(args.model)
     saved = saved_encoding(args.model)
@@ -143,7 +185,8 @@ def main(argv: list[str]) -> int:
                                            log=report)
     history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     options = dict(max_new_tokens=args.max_new_tokens, sample=args.sample, temperature=args.temperature,
-                   top_p=args.top_p, seed=args.seed, encoding=encoding, end_ids=end_token_ids(tokenizer, model))
+                   top_p=args.top_p, seed=args.seed, encoding=encoding, end_ids=end_token_ids(tokenizer, model),
+                   repetition_guard=args.repetition_guard, progress=True)
     if args.prompt is not None:
         print(shown(reply(model, tokenizer, condition([*history, {"role": "user", "content": args.prompt}]), **options)))
         return 0
@@ -156,5 +199,5 @@ def main(argv: list[str]) -> int:
             return 0
         history.append({"role": "user", "content": line.strip()})
         answer = reply(model, tokenizer, condition(history), **options)
-        history.append({"role": "assistant", "content": answer})
+        history.append({"role": "assistant", "content": answer.text.strip()})
         print(f"assistant> {shown(answer)}" if interactive else shown(answer), flush=True)

@@ -108,6 +108,8 @@ def print_result(result) -> None:
         print(f"  held-out before: {format_metrics(result.eval_before)}")
     if result.eval_after:
         print(f"  held-out after:  {format_metrics(result.eval_after)}")
+    for line in result.probe_report:
+        print(line)
     print(f"  run folder:      {result.run_dir}")
     print(f"    metrics        {result.run_dir / 'metrics.jsonl'} (and tensorboard/)")
     if result.final_model:

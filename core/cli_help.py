@@ -26,6 +26,7 @@ GROUP_HELP: dict[str, str] = {
     "rollout": "where batches come from: the dataset, or completions sampled from the policy",
     "scorer": "what completions are worth (online methods); alignkit ls scorers",
     "trainer": "steps, batch, optimizer, schedule, eval/save cadence, multi-process strategy",
+    "probe": "answers to fixed everyday prompts before/after training, measured for refusals and loops",
     "experiment": "a whole recipe (a demonstration run) that sets the groups above",
 }
 

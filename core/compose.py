@@ -24,6 +24,7 @@ from .distributed import DeepSpeedConfig, FsdpConfig, check_trainer
 from .errors import ConfigError, UnknownNameError
 from .models import ModelConfig
 from .plugin_manager import get_manager
+from .probe import ProbeConfig
 from .registry import Registry
 
 CONFIG_MODULE = "alignkit.conf"
@@ -126,6 +127,7 @@ def _store_schemas(registry: Registry) -> None:
     cs.store(group="schema", name="model", node=ModelConfig)
     cs.store(group="schema", name="data", node=DataConfig)
     cs.store(group="schema", name="trainer", node=TrainerConfig)
+    cs.store(group="schema", name="probe", node=ProbeConfig)
     cs.store(group="schema", name="none", node=NoneConfig)
     for group, kind in GROUP_KINDS.items():
         for entry in registry.entries(kind):

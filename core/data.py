@@ -80,6 +80,11 @@ class DataConfig:
         eval_examples: use only the first N held-out rows (null: all).
         chat_template: apply the tokenizer's chat template.
         system_prompt: a system message put before every prompt.
+        drop_evasive: leave out training records whose target answer (the completion of ``tokens``
+            records, the chosen answer of ``pairs``, the best of ``ranked``) is evasive: a refusal, a
+            question back to the user, or under 12 words (:func:`alignkit.answer_quality.is_evasive`);
+            the count is logged. Held-out records are kept, so held-out metrics compare with a run
+            without it.
     """
 
     name: str = "custom"
@@ -95,6 +100,39 @@ class DataConfig:
     eval_examples: Optional[int] = None
     chat_template: bool = True
     system_prompt: Optional[str] = None
+    drop_evasive: bool = False
+
+
+#: Per record kind, the answer a method learns to give (what ``data.drop_evasive`` reads).
+TARGET_ANSWER: dict[str, Callable[[dict], Any]] = {
+    "tokens": lambda r: r["completion"], "pairs": lambda r: r["chosen"], "ranked": lambda r: r["completions"][0],
+}
+
+
+def answer_text(answer: Any) -> str:
+    """The text of an answer: a string, or the assistant messages' contents joined."""
+    if isinstance(answer, str):
+        return answer
+    return "\n".join(str(m.get("content") or "") for m in answer if m.get("role", "assistant") == "assistant")
+
+
+def drop_evasive(records: list[dict], kind: str, log: Callable[[str], None]) -> list[dict]:
+    """``records`` without those whose target answer is evasive (``data.drop_evasive``).
+
+    Raises:
+        DataError: a record kind without a target answer (prompts, unpaired), or nothing left.
+    """
+    from .answer_quality import is_evasive
+
+    if kind not in TARGET_ANSWER:
+        raise DataError(f"data.drop_evasive reads the answer a method learns from; '{kind}' records have none "
+                        f"(it applies to {', '.join(TARGET_ANSWER)} records)")
+    kept = [r for r in records if not is_evasive(answer_text(TARGET_ANSWER[kind](r)))]
+    log(f"data.drop_evasive: left out {len(records) - len(kept)} of {len(records)} training records whose answer "
+        "is evasive (a refusal, a question back, or under 12 words)")
+    if not kept:
+        raise DataError("data.drop_evasive left no training record")
+    return kept
 
 
 def is_auto(name: Any) -> bool:
@@ -302,6 +340,8 @@ def split_records(cfg: Any, registry: Registry, kind: str, seed: int, *,
         train = [train[i] for i in sorted(order[n_eval:])]
     else:
         held_out = []
+    if getattr(cfg, "drop_evasive", False):
+        train = drop_evasive(train, kind, log)
     if cfg.max_examples is not None:
         train = train[: cfg.max_examples]
     return train, held_out

@@ -132,6 +132,10 @@ class SamplingSettings:
         suppress_tokens: token ids that are never generated. Changes the distribution.
         bad_words: strings whose token sequences (as the tokenizer encodes each string alone) are
             never generated. Changes the distribution.
+        repetition_guard: stop a row once a passage of generated tokens has come this many times in
+            a row (:func:`repetition_cut`; 0 = off, else ≥ 2) and keep its first copy; the completion's
+            ``finish_reason`` is then ``repetition``. Leaves every drawn token's distribution as it is,
+            but ends rows early: for reading answers (``chat``, ``generate``), not for training rollouts.
     """
 
     max_new_tokens: int = 128
@@ -145,11 +149,14 @@ class SamplingSettings:
     min_new_tokens: int = 0
     suppress_tokens: tuple[int, ...] = ()
     bad_words: tuple[str, ...] = ()
+    repetition_guard: int = 0
 
     def __post_init__(self) -> None:
         # Lists from configs become tuples, so settings stay hashable and immutable.
         for name in ("stop", "suppress_tokens", "bad_words"):
             object.__setattr__(self, name, tuple(getattr(self, name) or ()))
+        if self.repetition_guard == 1 or self.repetition_guard < 0:
+            raise ValueError(f"repetition_guard must be 0 (off) or >= 2 repeats (got {self.repetition_guard})")
 
 
 def distorting_options(settings: SamplingSettings) -> list[str]:
@@ -164,7 +171,8 @@ def distorting_options(settings: SamplingSettings) -> list[str]:
              f"no_repeat_ngram_size={s.no_repeat_ngram_size}" if s.no_repeat_ngram_size > 0 else "",
              f"min_new_tokens={s.min_new_tokens}" if s.min_new_tokens > 0 else "",
              f"suppress_tokens=<{len(s.suppress_tokens)} ids>" if s.suppress_tokens else "",
-             f"bad_words={list(s.bad_words)}" if s.bad_words else ""]
+             f"bad_words={list(s.bad_words)}" if s.bad_words else "",
+             f"repetition_guard={s.repetition_guard}" if s.repetition_guard else ""]
     return [f for f in found if f]
 
 
@@ -264,6 +272,70 @@ def completion_end(tokens: Sequence[int], end_ids: Collection[int], stop: Sequen
     return len(tokens), False
 
 
+#: Fewest tokens a passage and its repeats must span before :func:`repetition_cut` calls it a loop
+#: (so a short list marker or "ha ha" is not one).
+REPEAT_MIN_SPAN = 32
+#: Longest passage (tokens) whose repeats :func:`repetition_cut` looks for.
+REPEAT_MAX_PERIOD = 64
+
+
+def repetition_cut(tokens: Sequence[int], repeats: int, *, min_span: int = REPEAT_MIN_SPAN,
+                   max_period: int = REPEAT_MAX_PERIOD) -> int | None:
+    """Where a row that started looping is cut: the length that keeps the looping passage's first copy.
+
+    A row loops at token j when, for some period p ≤ ``max_period``, tokens j − p·repeats + 1 .. j are
+    ``repeats`` copies of one p-token passage (tokens[i] == tokens[i − p] for the last p·(repeats − 1)
+    tokens) spanning p·repeats ≥ ``min_span`` tokens. The first such j (smallest, then smallest p) decides.
+
+    Args:
+        tokens: generated token ids of one row (no prompt).
+        repeats: copies in a row that make a loop (≥ 2).
+        min_span, max_period: see above.
+
+    Returns:
+        j + 1 − p·(repeats − 1) (the tokens up to the end of the first copy), or None when it never loops.
+    """
+    run = [0] * (max_period + 1)  # run[p]: consecutive i ending here with tokens[i] == tokens[i - p]
+    for j in range(1, len(tokens)):
+        for p in range(1, min(max_period, j) + 1):
+            if tokens[j] != tokens[j - p]:
+                run[p] = 0
+                continue
+            run[p] += 1
+            if run[p] >= p * (repeats - 1) and p * repeats >= min_span:
+                return j + 1 - p * (repeats - 1)
+    return None
+
+
+def repetition_stop(prompt_width: int, repeats: int, *, min_span: int = REPEAT_MIN_SPAN,
+                    max_period: int = REPEAT_MAX_PERIOD) -> Any:
+    """A ``transformers.StoppingCriteria`` that ends each row at the token where :func:`repetition_cut` finds a loop.
+
+    It keeps run[n, p] (the :func:`repetition_cut` counters of every row, (N, P)) and updates them with
+    each new token, so a step costs O(N·P); :func:`cut_completion` then cuts the row with
+    :func:`repetition_cut` itself (the same rule). ``prompt_width``: columns of the (left-padded)
+    prompt in ``input_ids``; only generated tokens are compared.
+    """
+    from transformers import StoppingCriteria
+
+    class RepetitionStop(StoppingCriteria):
+        def __init__(self) -> None:
+            self.run: torch.Tensor | None = None  # (N, P)
+
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            generated = input_ids.shape[1] - prompt_width  # tokens generated so far, the new one included
+            periods = torch.arange(1, max_period + 1, device=input_ids.device)  # (P,)
+            if self.run is None:
+                self.run = torch.zeros(input_ids.shape[0], max_period, dtype=torch.long, device=input_ids.device)
+            columns = (input_ids.shape[1] - 1 - periods).clamp(min=0)  # (P,) column of token j - p
+            same = (input_ids[:, columns] == input_ids[:, -1:]) & (periods < generated)  # (N, P)
+            self.run = (self.run + 1) * same
+            hit = (self.run >= periods * (repeats - 1)) & (periods * repeats >= min_span)  # (N, P)
+            return hit.any(dim=1)  # (N,)
+
+    return RepetitionStop()
+
+
 @dataclass(frozen=True)
 class Completion:
     """One generated row, cut where it ended.
@@ -283,22 +355,29 @@ class Completion:
     text: str
     ended: bool
     logprobs: list[float] | None = None
+    repeated: bool = False
 
     @property
     def finish_reason(self) -> str:
-        """``stop`` (ended on its own) or ``length`` (cut by ``max_new_tokens``), as vLLM and OpenAI name them."""
-        return "stop" if self.ended else "length"
+        """``stop`` (ended on its own), ``length`` (cut by ``max_new_tokens``; names as vLLM and OpenAI
+        use them) or ``repetition`` (stopped by the repetition guard, ``SamplingSettings.repetition_guard``)."""
+        return "repetition" if self.repeated else "stop" if self.ended else "length"
 
 
 def cut_completion(tokens: Sequence[int], end_ids: Collection[int], stop: Sequence[str], tokenizer: Any,
-                   logprobs: Sequence[float] | None = None) -> Completion:
+                   logprobs: Sequence[float] | None = None, repetition_guard: int = 0) -> Completion:
     """The :class:`Completion` of one generated row (see :func:`completion_end`); ``logprobs`` (one per
-    generated token) are cut with the tokens."""
+    generated token) are cut with the tokens. With ``repetition_guard`` (≥ 2) a row that loops before
+    it ends is cut after the looping passage's first copy (:func:`repetition_cut`), not ended."""
     length, ended = completion_end(tokens, end_ids, stop, tokenizer)
+    loop = repetition_cut(list(tokens[:length]), repetition_guard) if repetition_guard else None
+    if loop is not None:
+        length, ended = loop, False
     kept = [int(t) for t in tokens[:length]]
     content = kept[:-1] if kept and kept[-1] in end_ids else kept
     return Completion(tokens=kept, content=content, text=tokenizer.decode(content, skip_special_tokens=True), ended=ended,
-                      logprobs=None if logprobs is None else [float(v) for v in logprobs[:length]])
+                      logprobs=None if logprobs is None else [float(v) for v in logprobs[:length]],
+                      repeated=loop is not None)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -378,7 +457,8 @@ def _without_warpers(config: Any) -> Any:
 @torch.no_grad()
 def sample(model: Any, prompts: Sequence[Sequence[int]], settings: SamplingSettings, *, end_ids: Collection[int],
            pad_id: int, tokenizer: Any, device: torch.device | None = None,
-           generate: Callable[..., torch.Tensor] | None = None, logprobs: bool = False) -> list[Completion]:
+           generate: Callable[..., torch.Tensor] | None = None, logprobs: bool = False,
+           streamer: Any = None) -> list[Completion]:
     """Generate one completion per prompt (left-padded batch, KV cache) and cut each where it ended.
 
     Draws from the global RNG (wrap in :func:`private_rng` or the rollout's own stream).
@@ -395,6 +475,8 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], settings: SamplingSetti
             mode, e.g. :func:`alignkit.distributed.generate` for a sharded policy.
         logprobs: record each sampled token's log-prob under the processed distribution it was drawn
             from (:class:`SampledLogprobs`); the draws are the same as without.
+        streamer: a ``transformers`` streamer (``put(ids)``, ``end()``) told of every new token (one
+            prompt only), e.g. ``alignkit chat``'s token bar.
 
     Returns:
         N :class:`Completion` in prompt order.
@@ -415,8 +497,15 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], settings: SamplingSetti
         kwargs.update(generation_config=_without_warpers(config), logits_processor=LogitsProcessorList(processors))
     if settings.stop:
         kwargs["tokenizer"] = tokenizer
+    if streamer is not None:
+        kwargs["streamer"] = streamer
+    if settings.repetition_guard:
+        from transformers import StoppingCriteriaList
+
+        kwargs["stopping_criteria"] = StoppingCriteriaList([repetition_stop(width, settings.repetition_guard)])
     with own_generation_defaults(model):
         out = generate(**kwargs) if generate is not None else _eval_mode_generate(model, **kwargs)  # (N, P + new)
     generated = out[:, width:]  # (N, new)
     taken = recorder.finish(generated).tolist() if recorder is not None else [None] * len(prompts)  # (N, new)
-    return [cut_completion(row, end_ids, settings.stop, tokenizer, lp) for row, lp in zip(generated.tolist(), taken)]
+    return [cut_completion(row, end_ids, settings.stop, tokenizer, lp, settings.repetition_guard)
+            for row, lp in zip(generated.tolist(), taken)]

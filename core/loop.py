@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import checkpoint as ckpt
-from . import distributed, run_state
+from . import distributed, probe, run_state
 from .batches import batch_from_state, batch_state
 from .errors import TrainingError
 from .interfaces import CountsEvalBatches, FillsBatches, ListsExamples, ReportsStats, UpdatePlan, units_by_term
@@ -61,6 +61,8 @@ class Trainer:
         self.objective, self.policy, self.rollout = self.run.objective, self.run.policy, self.run.rollout
         self.step = 0
         self.pending: UpdatePlan | None = None  # micro-batches of the current rollout not trained on yet
+        self.probe = (probe.AnswerProbe(cfg, self.run.tokenizer, self.run.ctx.registry, self.run.accelerator)
+                      if cfg.get("probe") and cfg.probe.prompts else None)
 
     # ------------------------------------------------------------------ the update stream
     def _score(self, batch: Any) -> Any:
@@ -160,6 +162,21 @@ class Trainer:
         summary = evaluates.summarize({k: torch.cat(v) for k, v in values.items()})
         return {**{k: float(v) for k, v in summary.items()}, **counts}
 
+    @torch.no_grad()
+    def _probe(self, label: str) -> probe.ProbeResult | None:
+        """The answer probe (``probe=...``): answers written to ``<run>/probe/<label>.jsonl``, measures logged."""
+        if self.probe is None:
+            return None
+        self.policy.eval()
+        try:
+            result = self.probe(self.policy, progress=self._progress)
+        finally:
+            self.policy.train()
+        if self.run.is_main:
+            probe.write(self.run_dir, label, result)
+            self.run.metrics.log(self.step, result.summary, split="probe")
+        return result
+
     def _pop_stats(self) -> dict[str, float]:
         """Counts since the last call from the rollout and the scorer (checker time-outs, refills, ...)."""
         sources = [s for s in (self.rollout, self.run.scorer) if isinstance(s, ReportsStats)]
@@ -213,8 +230,12 @@ class Trainer:
         result = RunResult(run_dir=self.run_dir, steps=0)
         if self.run.resume is not None:
             self._restore()
-            result.eval_before = run_state.read_summary(self.run_dir).get("eval_before", {})
+            summary = run_state.read_summary(self.run_dir)
+            result.eval_before = summary.get("eval_before", {})
+            if self.probe is not None and "probe_before" in summary:
+                result.probe_before = probe.read(self.run_dir, "before", summary["probe_before"])
         else:
+            result.probe_before = self._probe("before")
             result.eval_before = self.evaluate()
             if result.eval_before:
                 metrics.log(0, result.eval_before, split="eval")
@@ -249,6 +270,9 @@ class Trainer:
         result.eval_after = self.evaluate()
         if result.eval_after:
             metrics.log(self.step, result.eval_after, split="eval")
+        result.probe_after = self._probe("after")
+        if result.probe_before is not None and result.probe_after is not None:
+            result.probe_report = probe.report(result.probe_before, result.probe_after, self.cfg.probe, self.run_dir)
         if self.run.is_main:
             saves = self.run.caps.saves_extras
             result.final_model = run_state.write_final_model(self.run_dir, self.cfg, self.policy, self.run.tokenizer,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -58,7 +59,10 @@ def apply_lora(model: torch.nn.Module, cfg: Optional[Any]) -> torch.nn.Module:
                           f"({', '.join(linear)})")
     config = PeftLoraConfig(r=int(cfg.r), lora_alpha=float(cfg.alpha), lora_dropout=float(cfg.dropout),
                             target_modules=targets, bias=cfg.bias, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # PEFT reads transformers' deprecated ``is_gradient_checkpointing``: a warning about PEFT, not the run.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def exportable(model: Any) -> Any:

@@ -24,6 +24,7 @@ from . import distributed
 from . import lora as lora_support
 from .errors import CheckpointError, TrainingError
 from .metrics import read_metrics
+from .probe import ProbeResult
 
 SUMMARY = "summary.json"
 
@@ -49,6 +50,9 @@ class RunResult:
     eval_before: dict[str, float] = field(default_factory=dict)
     eval_after: dict[str, float] = field(default_factory=dict)
     final_model: Path | None = None
+    probe_before: ProbeResult | None = None  # answers to the probe's prompts (``probe=...``, alignkit.probe)
+    probe_after: ProbeResult | None = None
+    probe_report: list[str] = field(default_factory=list)  # the probe's lines of the run's last lines
 
 
 def find_resume(cfg: DictConfig) -> ResumePoint | None:
@@ -129,9 +133,11 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def write_summary(cfg: DictConfig, result: RunResult) -> None:
-    """``summary.json``: the held-out metrics before and after, written atomically."""
+    """``summary.json``: the held-out metrics (and the answer probe's measures) before and after, written atomically."""
     summary = {"method": cfg.method.name, "model": cfg.model.name, "steps": result.steps,
                "eval_before": result.eval_before, "eval_after": result.eval_after,
+               **{f"probe_{label}": probe.summary for label, probe in (("before", result.probe_before),
+                                                                       ("after", result.probe_after)) if probe},
                "final_model": str(result.final_model) if result.final_model else None}
     tmp = result.run_dir / f".{SUMMARY}.tmp"
     tmp.write_text(json.dumps(summary, indent=1))

@@ -45,11 +45,11 @@ HYDRA_OUTPUT = ".hydra"
 #: Everything a run writes at the top of its folder (names or ``fnmatch`` patterns): the core's files,
 #: the built-in plugins' outputs (``rollout=generate``'s ``samples.jsonl``, ``rollout=cai``'s
 #: ``cai_<stage>.jsonl`` and its ``.partial`` / ``.meta.json`` / ``.train.jsonl``, ``alignkit plot``'s
-#: ``plots/``), the experiment trackers' folders (added at run time, see :func:`_layout`), hidden
+#: ``plots/``, the answer probe's ``probe/``), the experiment trackers' folders (added at run time, see :func:`_layout`), hidden
 #: temporaries of atomic writes, and Hydra's ``.hydra/``.
 RUN_LAYOUT = (
     CONFIG, "config.resume-*.yaml", "plugins.json", "metrics.jsonl", "summary.json", RESUMES, PIPELINE,
-    "reference_logps.safetensors", "checkpoints", "final", "tensorboard", "samples.jsonl", "plots",
+    "reference_logps.safetensors", "checkpoints", "final", "tensorboard", "samples.jsonl", "plots", "probe",
     "cai_*.jsonl", "cai_*.jsonl.partial", "cai_*.jsonl.meta.json", "cai_*.train.jsonl",
     ".*.tmp", ".*.tmp-*", PENDING, HYDRA_OUTPUT,
 )
@@ -69,7 +69,7 @@ RESUME_FREE_KEYS = (
 
 #: Config groups: selecting one (``method=dpo``, ``data=custom``) recomposes a whole node from the
 #: package's defaults, which a resumed run does not do.
-GROUPS = ("method", "model", "data", "trainer", "rollout", "scorer", "loss", "experiment")
+GROUPS = ("method", "model", "data", "trainer", "rollout", "scorer", "loss", "probe", "experiment")
 
 
 class RunFolderError(ConfigError):

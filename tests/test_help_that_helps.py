@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
+from alignkit.generation import Completion
 from conftest import write_jsonl
 
 #: The groups a user chooses from, and options each one has in this repository (conf/ and the built-in plugins).
@@ -22,6 +23,7 @@ USER_GROUPS = {
     "rollout": {"dataset", "generate", "cai"},
     "scorer": {"none", "reward_model", "math", "judge"},
     "trainer": {"default", "ddp", "fsdp", "deepspeed", "deepspeed_zero3"},
+    "probe": {"none", "everyday"},
     "experiment": {"quickstart", "dpo_hh", "grpo_arith", "rm_hh"},
 }
 
@@ -116,9 +118,30 @@ def test_scorer_path_errors_still_name_the_config_key(tmp_path):
 def test_chat_says_when_the_answer_is_empty(cli_main, monkeypatch):
     import alignkit.chat
 
-    monkeypatch.setattr(alignkit.chat, "sample_completions", lambda *a, **k: [SimpleNamespace(text=" \n")])
+    monkeypatch.setattr(alignkit.chat, "sample_completions",
+                        lambda *a, **k: [Completion(tokens=[], content=[], text=" \n", ended=True)])
     code, out, _ = cli_main("chat", "--model", "tiny", "--prompt", "Hi")
     assert code == 0 and out.strip() == "(empty completion: the model ended its turn without any text)"
+
+
+def test_chat_says_when_the_repetition_guard_stopped_the_answer(cli_main, monkeypatch):
+    import alignkit.chat
+
+    seen = {}
+
+    def fake(model, prompts, settings, **kwargs):
+        seen["guard"] = settings.repetition_guard
+        return [Completion(tokens=[5], content=[5], text="Bake it.", ended=False, repeated=True)]
+
+    monkeypatch.setattr(alignkit.chat, "sample_completions", fake)
+    code, out, _ = cli_main("chat", "--model", "tiny", "--prompt", "Hi")
+    assert code == 0 and seen["guard"] == 3
+    assert out.splitlines() == ["Bake it.", "(stopped: the answer began repeating itself; one copy is shown. "
+                                "--repetition-guard 0 lets it run to --max-new-tokens)"]
+    code, out, _ = cli_main("chat", "--model", "tiny", "--prompt", "Hi", "--repetition-guard", "0")
+    assert code == 0 and seen["guard"] == 0
+    code, _, err = cli_main("chat", "--model", "tiny", "--prompt", "Hi", "--repetition-guard", "1")
+    assert code == 2 and "--repetition-guard 1" in err
 
 
 def test_chat_prints_a_nonempty_answer_as_it_is():
@@ -132,11 +155,31 @@ def test_chat_prints_a_nonempty_answer_as_it_is():
 def test_generate_says_how_many_answers_are_empty(cli_main, monkeypatch, tmp_path):
     from alignkit.plugins.commands.evaluate import generation
 
-    monkeypatch.setattr(generation, "answers_for", lambda name, prompts, options: ["", "Four.", " "])
+    monkeypatch.setattr(generation, "answers_for", lambda name, prompts, options: (["", "Four.", " "], [None] * 3))
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}"} for i in range(3)])
     code, out, err = cli_main("generate", "--model", "tiny", "--prompts", prompts, "--out", tmp_path / "a.jsonl")
     assert code == 0, err
     assert "alignkit: 2 of 3 answers of tiny are empty (the model ended its turn without any text)" in out
+
+
+def test_generate_says_how_many_answers_the_repetition_guard_stopped_and_writes_why(cli_main, monkeypatch, tmp_path):
+    from alignkit.plugins.commands.evaluate import generation
+
+    seen = {}
+
+    def fake(name, prompts, options):
+        seen["guard"] = options.settings().repetition_guard
+        return ["Bake it.", "Four.", "Rain."], ["repetition", "stop", "length"]
+
+    monkeypatch.setattr(generation, "answers_for", fake)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}"} for i in range(3)])
+    code, out, err = cli_main("generate", "--model", "tiny", "--prompts", prompts, "--out", tmp_path / "a.jsonl")
+    assert code == 0, err
+    assert seen["guard"] == 3
+    assert ("alignkit: 1 of 3 answers of tiny were stopped when they began repeating themselves "
+            "(finish_reason=repetition; --repetition-guard 0 lets them run to --max-new-tokens)") in out
+    rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [r["finish_reason"] for r in rows] == ["repetition", "stop", "length"]
 
 
 # ---------------------------------------------------------------------------- progress bars with totals

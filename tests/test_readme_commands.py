@@ -27,7 +27,8 @@ SECTION = "## Using it"
 
 #: Added to every fresh ``alignkit train`` (a key the command already sets is left as it is).
 TINY_TRAIN = (("model", "tiny"), ("trainer.max_steps", "2"), ("trainer.save_every", "2"),
-              ("data.eval_examples", "8"), ("trainer.eval_batch_size", "8"), ("trainer.tensorboard", "false"))
+              ("data.eval_examples", "8"), ("trainer.eval_batch_size", "8"), ("trainer.tensorboard", "false"),
+              ("probe.max_new_tokens", "8"))
 #: More for the training commands of an online recipe (sampling dominates their time).
 TINY_RECIPE = {"grpo_arith": (("rollout.num_samples", "2"), ("rollout.max_new_tokens", "8"),
                               ("data.eval_examples", "4"))}

@@ -74,7 +74,7 @@ class VLLMEngineConfig:
 
 
 #: ``rollout.*`` options without an exact vLLM counterpart.
-UNSUPPORTED = ("no_repeat_ngram_size", "suppress_tokens", "bad_words")
+UNSUPPORTED = ("no_repeat_ngram_size", "suppress_tokens", "bad_words", "repetition_guard")
 
 
 def _import_vllm(quiet: bool) -> Any:

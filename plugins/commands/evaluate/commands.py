@@ -36,14 +36,20 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=8)
     group.add_argument("--max-prompt-length", type=int, default=None,
                        help="keep the last N prompt tokens (default: the model's saved data.max_prompt_length, else 512)")
+    group.add_argument("--repetition-guard", type=int, default=3, metavar="N",
+                       help="stop an answer once a passage repeats N times in a row, keeping one copy, and say "
+                            "how many were stopped (default 3; 0: off)")
 
 
 def _options(args: argparse.Namespace) -> generation.GenerationOptions:
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise ConfigError("--max-new-tokens and --batch-size must be >= 1")
+    if args.repetition_guard < 0 or args.repetition_guard == 1:
+        raise ConfigError(f"--repetition-guard {args.repetition_guard}: 0 (off) or a number of repeats >= 2")
     return generation.GenerationOptions(max_new_tokens=args.max_new_tokens, sample=args.sample,
                                         temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                                        batch_size=args.batch_size, max_prompt_length=args.max_prompt_length)
+                                        batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
+                                        repetition_guard=args.repetition_guard)
 
 
 def _prompt_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -58,17 +64,18 @@ def _slug(name: str) -> str:
 
 
 def _answers(name: str, prompts: list[list[dict]], options: generation.GenerationOptions, out: Path) -> list[str]:
-    answers = generation.answers_for(name, prompts, options)
-    generation.write_answers(out / "outputs" / f"{_slug(name)}.jsonl", prompts, answers, name)
-    _say_empty(answers, name)
+    answers, reasons = generation.answers_for(name, prompts, options)
+    generation.write_answers(out / "outputs" / f"{_slug(name)}.jsonl", prompts, answers, name, reasons)
+    _say_notes(answers, reasons, name)
     return answers
 
 
-def _say_empty(answers: list[str], model: str) -> None:
-    """Empty answers (greedy decoding that ends the turn at once) are said, not left to be found in the file."""
-    note = empty_note(answers, model)
-    if note:
-        print(note)
+def _say_notes(answers: list[str], reasons: list, model: str) -> None:
+    """Empty answers (greedy decoding that ends the turn at once) and answers the repetition guard stopped
+    are said, not left to be found in the file."""
+    for note in (empty_note(answers, model), generation.repetition_note(reasons, model)):
+        if note:
+            print(note)
 
 
 # ---------------------------------------------------------------------------- eval rm
@@ -334,8 +341,8 @@ def generate_main(argv: list[str]) -> int:
     prompts = generation.read_prompts(args.prompts, data_format=args.format, limit=args.n)
     if generation.is_outputs_file(args.model):
         raise ConfigError(f"--model {args.model}: a file of answers, not a model")
-    answers = generation.answers_for(args.model, prompts, _options(args))
-    generation.write_answers(Path(args.out), prompts, answers, args.model)
+    answers, reasons = generation.answers_for(args.model, prompts, _options(args))
+    generation.write_answers(Path(args.out), prompts, answers, args.model, reasons)
     print(f"alignkit: {len(answers)} answers of {args.model} written to {args.out}")
-    _say_empty(answers, args.model)
+    _say_notes(answers, reasons, args.model)
     return 0

@@ -22,6 +22,7 @@ from typing import Any, Optional
 import torch
 
 from alignkit.api import (
+    Completion,
     DataError,
     EncodingSettings,
     SamplingSettings,
@@ -52,6 +53,9 @@ class GenerationOptions:
         batch_size: prompts per ``generate`` call.
         max_prompt_length: prompts keep their last this-many tokens (None: the model's saved
             ``data.max_prompt_length``, else 512; a different explicit value is reported).
+        repetition_guard: stop an answer once a passage has come this many times in a row and keep
+            its first copy (``alignkit.generation.repetition_cut``; 0 = off): its ``finish_reason`` is
+            then ``repetition``, and the command says how many answers were stopped.
     """
 
     max_new_tokens: int = 128
@@ -61,11 +65,12 @@ class GenerationOptions:
     seed: int = 0
     batch_size: int = 8
     max_prompt_length: Optional[int] = None
+    repetition_guard: int = 3
 
     def settings(self) -> SamplingSettings:
         """The decoding these options ask for (top-k off: nothing else truncates the distribution)."""
         return SamplingSettings(max_new_tokens=self.max_new_tokens, greedy=not self.sample,
-                                temperature=self.temperature, top_p=self.top_p)
+                                temperature=self.temperature, top_p=self.top_p, repetition_guard=self.repetition_guard)
 
 
 DEFAULT_MAX_PROMPT_LENGTH = 512
@@ -92,14 +97,15 @@ def _prompt_text(value: Any) -> str:
         return str(value)
 
 
-def read_outputs(path: str, prompts: list[list[dict]]) -> list[str]:
-    """Answers from a JSONL of ``{"prompt", "completion"}`` rows, checked against ``prompts`` in order."""
+def read_outputs(path: str, prompts: list[list[dict]]) -> tuple[list[str], list[Optional[str]]]:
+    """Answers from a JSONL of ``{"prompt", "completion"}`` rows (and their ``finish_reason`` where written),
+    checked against ``prompts`` in order."""
     from alignkit.api import read_rows
 
     rows = list(read_rows(path, key=path))
     if len(rows) < len(prompts):
         raise DataError(f"{path}: {len(rows)} answers for {len(prompts)} prompts")
-    answers = []
+    answers, reasons = [], []
     for (where, row), prompt in zip(rows, prompts):
         answer = row.get("completion", row.get("output"))
         if not isinstance(answer, str):
@@ -108,14 +114,16 @@ def read_outputs(path: str, prompts: list[list[dict]]) -> list[str]:
             raise DataError(f"{where}: its prompt differs from prompt {len(answers) + 1} of the prompt file "
                             "(answers must follow the prompt file's order)")
         answers.append(answer)
-    return answers
+        reasons.append(row.get("finish_reason"))
+    return answers, reasons
 
 
 @torch.no_grad()
 def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict]], options: GenerationOptions, *,
                      desc: str = "generate", encoding: EncodingSettings | None = None,
-                     where: str = "the model") -> list[str]:
-    """One answer per prompt: left-padded batches, stopped and cut at the first end-of-turn id.
+                     where: str = "the model") -> list[Completion]:
+    """One answer per prompt: left-padded batches, stopped and cut at the first end-of-turn id
+    (or by the repetition guard, ``options.repetition_guard``).
 
     Args:
         model, tokenizer: the model that answers.
@@ -133,33 +141,48 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[dict]], opti
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     end_ids = end_token_ids(tokenizer, model)
     model.eval()
-    answers: list[str] = []
+    answers: list[Completion] = []
     batches = range(0, len(prompts), options.batch_size)
     with private_rng(options.seed, next(model.parameters()).device):
         for start in tqdm(batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
             rows = [encoder.prompt_ids(p) for p in prompts[start:start + options.batch_size]]
             cut = sample(model, rows, options.settings(), end_ids=end_ids, pad_id=pad_id, tokenizer=tokenizer)
-            answers += [c.text.strip() for c in cut]
+            answers += cut
     return answers
 
 
-def answers_for(name: str, prompts: list[list[dict]], options: GenerationOptions) -> list[str]:
+def answers_for(name: str, prompts: list[list[dict]], options: GenerationOptions
+                ) -> tuple[list[str], list[Optional[str]]]:
     """Answers of ``name`` (a model, a run, a checkpoint, or a JSONL of answers) to ``prompts``,
-    encoded the way the model was trained (:func:`alignkit.encoding.saved_encoding`)."""
+    encoded the way the model was trained (:func:`alignkit.encoding.saved_encoding`), and each one's
+    finish reason (``stop`` | ``length`` | ``repetition``; None where a file of answers does not say)."""
     if is_outputs_file(name):
         return read_outputs(name, prompts)
     from alignkit.api import load_for_inference
 
     model, tokenizer = load_for_inference(name)
     try:
-        return generate_answers(model, tokenizer, prompts, options, desc=f"generate {Path(name).name or name}",
-                                encoding=saved_encoding(name), where=str(name))
+        cut = generate_answers(model, tokenizer, prompts, options, desc=f"generate {Path(name).name or name}",
+                               encoding=saved_encoding(name), where=str(name))
+        return [c.text.strip() for c in cut], [c.finish_reason for c in cut]
     finally:
         del model
 
 
-def write_answers(path: Path, prompts: list[list[dict]], answers: list[str], model: str) -> None:
-    """``{"prompt", "messages", "completion", "model"}`` rows, written atomically."""
-    rows = [{"prompt": last_user_text(p), "messages": p, "completion": a, "model": model}
-            for p, a in zip(prompts, answers)]
+def repetition_note(reasons: list[Optional[str]], model: str) -> Optional[str]:
+    """One line saying how many of ``model``'s answers the repetition guard stopped (None when none)."""
+    stopped = sum(1 for r in reasons if r == "repetition")
+    if not stopped:
+        return None
+    return (f"alignkit: {stopped} of {len(reasons)} answers of {model} were stopped when they began repeating "
+            "themselves (finish_reason=repetition; --repetition-guard 0 lets them run to --max-new-tokens)")
+
+
+def write_answers(path: Path, prompts: list[list[dict]], answers: list[str], model: str,
+                  finish_reasons: Optional[list[Optional[str]]] = None) -> None:
+    """``{"prompt", "messages", "completion", "model", "finish_reason"}`` rows (the reason where known),
+    written atomically."""
+    reasons = finish_reasons or [None] * len(answers)
+    rows = [{"prompt": last_user_text(p), "messages": p, "completion": a, "model": model,
+             **({"finish_reason": r} if r else {})} for p, a, r in zip(prompts, answers, reasons)]
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
