@@ -104,6 +104,22 @@ def _rate(prefix: str, flags: Sequence[bool]) -> dict[str, float]:
     return {f"{prefix}_rate": hits / n if n else float("nan"), f"{prefix}_ci_low": low, f"{prefix}_ci_high": high}
 
 
+def paired_change(before: Sequence[float], after: Sequence[float]) -> tuple[float, float, float]:
+    """Mean change after − before over the same N prompts, with a normal 95% interval of the paired
+    differences: d̄ ± z·s_d/√N (s_d: sample std of d_i = after_i − before_i; flags count as 0/1).
+
+    Pairing removes the prompt-to-prompt spread that two independent intervals carry, so a change
+    whose interval excludes 0 is one the prompts show, and one that includes 0 is not shown.
+
+    Raises:
+        ValueError: different lengths, or fewer than 2 prompts.
+    """
+    if len(before) != len(after) or len(before) < 2:
+        raise ValueError(f"paired change needs two equal lists of >= 2 values (got {len(before)} and {len(after)})")
+    diffs = torch.tensor([float(y) - float(x) for x, y in zip(before, after)], dtype=torch.float64)  # (N,)
+    return mean_interval(diffs)
+
+
 def summarize(answers: Sequence[str], ended: Sequence[bool] | None = None) -> dict[str, float]:
     """Refusal, looping and cut-at-the-limit rates (Wilson 95%), mean repeated 4-gram share (normal 95%).
 

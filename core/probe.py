@@ -114,6 +114,36 @@ def read(run_dir: Path, label: str, summary: dict[str, float]) -> ProbeResult:
     return ProbeResult(answers, dict(summary))
 
 
+#: The per-answer measures the probe compares before and after: (label in the report, value of a row).
+MEASURES: dict[str, Any] = {
+    "refusal": lambda row: float(row["refusal"]), "looping": lambda row: float(row["looping"]),
+    "cut": lambda row: float(row["finish_reason"] == "length"),
+    "repeated_4gram_share": lambda row: float(row["repeated_4gram_share"]),
+}
+
+
+def changes(before: ProbeResult, after: ProbeResult) -> dict[str, float]:
+    """Per measure, the paired change after − before over the same prompts with its 95% interval
+    (:func:`alignkit.answer_quality.paired_change`): ``<measure>_change``, ``_change_ci_low``, ``_change_ci_high``.
+    Empty when the two probes did not answer the same prompts."""
+    if len(before.answers) != len(after.answers) or len(after.answers) < 2 or \
+            [r["prompt"] for r in before.answers] != [r["prompt"] for r in after.answers]:
+        return {}
+    out: dict[str, float] = {}
+    for key, value in MEASURES.items():
+        mean, low, high = answer_quality.paired_change([value(r) for r in before.answers],
+                                                       [value(r) for r in after.answers])
+        out.update({f"{key}_change": mean, f"{key}_change_ci_low": low, f"{key}_change_ci_high": high})
+    return out
+
+
+def _change(change: dict[str, float], key: str) -> str:
+    if not change:
+        return ""
+    return (f"{change[f'{key}_change']:+.1%} [{change[f'{key}_change_ci_low']:+.1%}, "
+            f"{change[f'{key}_change_ci_high']:+.1%}]")
+
+
 def _rate(summary: dict[str, float], key: str) -> str:
     n = int(summary["answers"])
     hits = round(summary[f"{key}_rate"] * n)
@@ -130,13 +160,17 @@ def report(before: ProbeResult, after: ProbeResult, cfg: Any, run_dir: Path) -> 
     """The run's last lines about the probe: the measures before/after (95% intervals) and ``cfg.show`` answers."""
     if not after.summary or not before.summary:
         return []
-    rows = [("refusals", lambda s: _rate(s, "refusal")), ("looping answers", lambda s: _rate(s, "looping")),
-            (f"cut at {cfg.max_new_tokens} tokens", lambda s: _rate(s, "cut")),
-            ("repeated 4-grams", _share), ("words per answer", lambda s: f"{s['words']:5.1f}")]
+    change = changes(before, after)
+    rows = [("refusals", lambda s: _rate(s, "refusal"), "refusal"),
+            ("looping answers", lambda s: _rate(s, "looping"), "looping"),
+            (f"cut at {cfg.max_new_tokens} tokens", lambda s: _rate(s, "cut"), "cut"),
+            ("repeated 4-grams", _share, "repeated_4gram_share"),
+            ("words per answer", lambda s: f"{s['words']:5.1f}", None)]
     lines = [f"  answers to {int(after.summary['answers'])} ordinary prompts (probe={cfg.name}, greedy, "
              f"<= {cfg.max_new_tokens} new tokens; 95% intervals; all in {Path(run_dir) / PROBE_DIR}/):",
-             f"    {'':20} {'before':24} after"]
-    lines += [f"    {label:20} {fmt(before.summary):24} {fmt(after.summary)}" for label, fmt in rows]
+             f"    {'':20} {'before':24} {'after':24} {'change (paired)' if change else ''}".rstrip()]
+    lines += [f"    {label:20} {fmt(before.summary):24} {fmt(after.summary):24} {_change(change, key) if key else ''}".rstrip()
+              for label, fmt, key in rows]
     for old, new in list(zip(before.answers, after.answers))[: int(cfg.show)]:
         lines.append(f"    > {old['prompt']}")
         for label, row in (("before", old), ("after", new)):

@@ -24,7 +24,7 @@ from . import distributed
 from . import lora as lora_support
 from .errors import CheckpointError, TrainingError
 from .metrics import read_metrics
-from .probe import ProbeResult
+from .probe import ProbeResult, changes
 
 SUMMARY = "summary.json"
 
@@ -138,6 +138,8 @@ def write_summary(cfg: DictConfig, result: RunResult) -> None:
                "eval_before": result.eval_before, "eval_after": result.eval_after,
                **{f"probe_{label}": probe.summary for label, probe in (("before", result.probe_before),
                                                                        ("after", result.probe_after)) if probe},
+               **({"probe_change": changes(result.probe_before, result.probe_after)}
+                  if result.probe_before and result.probe_after else {}),
                "final_model": str(result.final_model) if result.final_model else None}
     tmp = result.run_dir / f".{SUMMARY}.tmp"
     tmp.write_text(json.dumps(summary, indent=1))

@@ -45,8 +45,8 @@ HYDRA_OUTPUT = ".hydra"
 #: Everything a run writes at the top of its folder (names or ``fnmatch`` patterns): the core's files,
 #: the built-in plugins' outputs (``rollout=generate``'s ``samples.jsonl``, ``rollout=cai``'s
 #: ``cai_<stage>.jsonl`` and its ``.partial`` / ``.meta.json`` / ``.train.jsonl``, ``alignkit plot``'s
-#: ``plots/``, the answer probe's ``probe/``), the experiment trackers' folders (added at run time, see :func:`_layout`), hidden
-#: temporaries of atomic writes, and Hydra's ``.hydra/``.
+#: ``plots/``, the answer probe's ``probe/``), the experiment trackers' folders (added at run time, see
+#: :func:`_layout`), hidden temporaries of atomic writes, and Hydra's ``.hydra/``.
 RUN_LAYOUT = (
     CONFIG, "config.resume-*.yaml", "plugins.json", "metrics.jsonl", "summary.json", RESUMES, PIPELINE,
     "reference_logps.safetensors", "checkpoints", "final", "tensorboard", "samples.jsonl", "plots", "probe",

@@ -12,7 +12,15 @@ import math
 import pytest
 import torch
 
-from alignkit.answer_quality import is_evasive, is_looping, is_refusal, repeated_ngram_share, summarize, words
+from alignkit.answer_quality import (
+    is_evasive,
+    is_looping,
+    is_refusal,
+    paired_change,
+    repeated_ngram_share,
+    summarize,
+    words,
+)
 from alignkit.generation import SamplingSettings, repetition_cut, repetition_stop, sample
 from tiny import load_tokenizer, tiny_model_folder
 
@@ -98,6 +106,18 @@ def test_summary_rates_have_wilson_intervals_and_the_share_a_normal_interval():
         summarize([])
     with pytest.raises(ValueError):
         summarize(["a"], [True, False])
+
+
+def test_paired_change_is_the_mean_difference_with_a_normal_interval_of_the_differences():
+    before, after = [0, 0, 1, 0, 1], [1, 0, 1, 1, 0]  # differences +1 0 0 +1 -1: mean 0.2
+    d = [1, 0, 0, 1, -1]
+    sd = math.sqrt(sum((x - 0.2) ** 2 for x in d) / 4)
+    mean, low, high = paired_change(before, after)
+    assert mean == pytest.approx(0.2)
+    assert (low, high) == pytest.approx((0.2 - 1.959963984540054 * sd / math.sqrt(5),
+                                         0.2 + 1.959963984540054 * sd / math.sqrt(5)))
+    with pytest.raises(ValueError):
+        paired_change([1, 0], [1])
 
 
 # ----------------------------------------------------------------------------- the repetition guard
@@ -194,6 +214,12 @@ def test_a_run_with_the_probe_writes_answers_summary_and_last_lines(cli_main, tm
         assert got["refusal_rate"] == pytest.approx(sum(is_refusal(r["answer"]) for r in rows) / 3)
         assert got["cut_rate"] == pytest.approx(sum(r["finish_reason"] == "length" for r in rows) / 3)
         assert all(r["finish_reason"] in ("stop", "length") for r in rows)  # the probe runs without the guard
+    for key in ("refusal", "looping", "repeated_4gram_share"):
+        d = [float(y[key]) - float(x[key]) for x, y in zip(before, after)]
+        assert summary["probe_change"][f"{key}_change"] == pytest.approx(sum(d) / 3, abs=1e-12)
+    d = [float(y["finish_reason"] == "length") - float(x["finish_reason"] == "length") for x, y in zip(before, after)]
+    assert summary["probe_change"]["cut_change"] == pytest.approx(sum(d) / 3, abs=1e-12)
+    assert "change (paired)" in out
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if line.get("split") == "probe"] == [0, 1]
     assert "answers to 3 ordinary prompts" in out and "refusals" in out and "looping answers" in out
