@@ -74,6 +74,9 @@ from .interfaces import (
     ListsExamples,
     LossOutput,
     LossTerm,
+    Max,
+    Mean,
+    Min,
     Objective,
     PlansUpdates,
     ReportsStats,
@@ -82,6 +85,7 @@ from .interfaces import (
     SavesExtras,
     Scorer,
     Stateful,
+    Sum,
     UpdatePlan,
     mean_summary,
 )
@@ -125,6 +129,7 @@ from .specs import (
 )
 from .stages import Stage, run_stages
 from .stats import bootstrap_interval, mean_interval, preference_correct, preference_summary, tie_scale, wilson_interval
+from .step_metrics import row_means, token_means
 from .tokenize import IGNORE_INDEX, Encoder, pad, text_ids, truncate_left
 
 __all__ = [
@@ -132,7 +137,7 @@ __all__ = [
     "hookimpl", "MethodSpec", "LossSpec", "AdvantageSpec", "RolloutSpec", "EngineSpec", "ISCorrectionSpec", "ScorerSpec",
     "DataFormatSpec", "CommandSpec",
     # the contracts
-    "RunContext", "LossOutput", "LossTerm", "UpdatePlan", "Objective", "Rollout", "Scorer", "Samples", "ListsExamples",
+    "RunContext", "LossOutput", "LossTerm", "Mean", "Max", "Min", "Sum", "row_means", "token_means", "UpdatePlan", "Objective", "Rollout", "Scorer", "Samples", "ListsExamples",
     "Stateful", "HasExtraParameters", "Evaluates", "PlansUpdates", "SavesExtras", "FillsBatches", "ReportsStats",
     "mean_summary",
     # batches

@@ -282,15 +282,16 @@ def all_finite(loss: torch.Tensor, accelerator: Any) -> bool:
     return bool(flag[0] > 0)
 
 
-def reduce_metrics(sums: dict[str, float], accelerator: Any) -> dict[str, float]:
-    """Sum of every process's already-weighted metric values (keys are the same on every rank)."""
-    if accelerator.num_processes == 1 or not sums:
-        return sums
-    keys = list(sums)  # the same order on every rank (the same objective wrote them)
+def reduce_metrics(values: dict[str, float], accelerator: Any, op: str = "sum") -> dict[str, float]:
+    """Every process's metric values combined by ``op`` (``sum`` of already-weighted values, ``max``,
+    ``min``); the keys are the same on every rank."""
+    if accelerator.num_processes == 1 or not values:
+        return values
+    keys = list(values)  # the same order on every rank (the same objective wrote them)
     import torch.distributed as dist
 
-    tensor = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=accelerator.device)
-    dist.all_reduce(tensor)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
     return dict(zip(keys, tensor.tolist()))
 
 

@@ -54,21 +54,67 @@ class LossTerm:
     coef: float = 1.0
 
 
+@dataclass(frozen=True)
+class Mean:
+    """A logged metric that is the mean of ``count`` units of this micro-batch (completions, tokens, pairs).
+
+    The step logs ``Σ value·count / Σ count`` over its micro-batches and processes, so the figure is the
+    same however the batch is split (a per-completion mean in micro-batches whose loss is weighted by
+    tokens would otherwise be logged token-weighted).
+
+    Attributes:
+        value: float or 0-dim tensor, the mean over this micro-batch's units.
+        count: how many units it averages (0: the micro-batch has none and adds nothing).
+    """
+
+    value: float | torch.Tensor
+    count: float | torch.Tensor
+
+
+@dataclass(frozen=True)
+class Max:
+    """A logged metric that is the largest value of the micro-batch: the step logs the largest over its
+    micro-batches and processes."""
+
+    value: float | torch.Tensor
+
+
+@dataclass(frozen=True)
+class Min:
+    """A logged metric that is the smallest value of the micro-batch: the step logs the smallest."""
+
+    value: float | torch.Tensor
+
+
+@dataclass(frozen=True)
+class Sum:
+    """A logged metric that counts something in the micro-batch (tokens, calls): the step logs the total
+    over its micro-batches and processes."""
+
+    value: float | torch.Tensor
+
+
+#: What ``LossOutput.metrics`` holds per name.
+MetricValue = Union[float, torch.Tensor, Mean, Max, Min, Sum]
+
+
 @dataclass
 class LossOutput:
     """A micro-batch's loss and the metrics to log with it.
 
     Attributes:
         loss: a one-term loss: scalar tensor, the mean over this micro-batch's units (``weight``).
-        metrics: name -> float or 0-dim tensor; logged as means over the optimizer step, each
-            micro-batch weighted by its share of the first term's units.
+        metrics: name -> value logged for the optimizer step. A plain float or 0-dim tensor is a mean
+            over the first term's units (each micro-batch weighted by its share of them); a metric over
+            other units is a :class:`Mean` (value, count), an extreme a :class:`Max` / :class:`Min`, a
+            count a :class:`Sum`.
         terms: a composite loss instead of ``loss``: term name -> :class:`LossTerm` (or a scalar
             tensor, coefficient 1), each a mean over its own units; ``weight`` then returns the
             units per term name. Each term is also logged under its name.
     """
 
     loss: torch.Tensor | None = None
-    metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)
+    metrics: dict[str, MetricValue] = field(default_factory=dict)
     terms: dict[str, LossTerm | torch.Tensor] = field(default_factory=dict)
 
     def parts(self) -> dict[str, LossTerm]:

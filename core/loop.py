@@ -28,6 +28,7 @@ from .run import Run, build_run
 from .run_state import RunResult
 from .runfolder import prepare
 from .scoring import checked_rewards
+from .step_metrics import StepMetrics
 
 __all__ = ["Trainer", "RunResult", "train", "format_metrics", "eval_batch_count"]
 
@@ -98,12 +99,7 @@ class Trainer:
         micro = [next(stream) for _ in range(accum)]
         units = [units_by_term(self.objective.weight(b)) for b in micro]
         shares = distributed.term_shares(units, accelerator)  # per micro-batch: term -> N * u / U (global)
-        scale = 1.0 / accelerator.num_processes  # per-process part of the logged (summed) metrics
-        sums: dict[str, float] = {}
-
-        def add(key: str, value: Any, share: float) -> None:
-            sums[key] = sums.get(key, 0.0) + scale * share * to_float(value)
-
+        logged = StepMetrics(accelerator.num_processes)
         for index, (batch, share) in enumerate(zip(micro, shares)):
             sync = index == accum - 1
             with accelerator.no_sync(self.policy) if not sync else contextlib.nullcontext():
@@ -114,13 +110,13 @@ class Trainer:
                 run_state.check_finite(loss.detach(), self.step + 1, self.run_dir, self.run.accelerator)
                 accelerator.backward(loss)
             for key, part in parts.items():
-                add("loss", part.coef * part.value.detach(), share[key])
+                logged.add("loss", part.coef * part.value.detach(), share[key])
                 if len(parts) > 1:
-                    add(key, part.value.detach(), share[key])
+                    logged.add(key, part.value.detach(), share[key])
             first = share[next(iter(parts))]
             for key, value in out.metrics.items():
-                add(key, value, first)
-        sums = distributed.reduce_metrics(sums, accelerator)
+                logged.add(key, value, first)
+        sums = logged.result(accelerator)
         distributed.average_gradients(self.run.loose, accelerator)
         if self.cfg.trainer.max_grad_norm > 0:
             # Every optimised tensor, not only the policy's: value and reward heads are clipped too.

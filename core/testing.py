@@ -341,7 +341,9 @@ def check_method(name: str, *overrides: str, tmp_path: str | Path | None = None,
        accumulated micro-batches (offline kinds: 4 examples as batch 4 x accumulation 1 and batch 1 x
        accumulation 4; online: one rollout's rows whole and as two halves with ragged answer lengths),
        to 1e-5 + 1e-4 x the largest update: every loss term is a mean over its own units and
-       ``weight`` reports them. Repeated with each of the spec's ``term_options``.
+       ``weight`` reports them; and the step logs the same metrics (to 1e-4 relative; a metric over
+       other units than the loss's is a ``Mean`` / ``Max`` / ``Min`` / ``Sum``). Repeated with each of the
+       spec's ``term_options``.
 
     Data: unless ``overrides`` set ``data=``/``data.*``, a synthetic dataset of the method's record
     kind is written to ``tmp_path``. Methods that consume prompts (online methods) and have no scorer
@@ -496,7 +498,7 @@ def _check_loss(name: str, cfg: Any, run_dir: Path) -> tuple[float, bool]:
     from alignkit.errors import AlignkitError
     from alignkit.interfaces import LossOutput
     from alignkit.loop import Trainer
-    from alignkit.metrics import to_float
+    from alignkit.step_metrics import metric_float
 
     try:
         trainer = Trainer(cfg, run_dir)
@@ -512,7 +514,7 @@ def _check_loss(name: str, cfg: Any, run_dir: Path) -> tuple[float, bool]:
                                   f"LossOutput(terms={{name: 0-dim tensor}}), got {out!r:.200}")
     if not torch.isfinite(loss):
         raise _fail(name, "loss", f"loss is {float(loss.detach())} on the first batch")
-    bad = {k: v for k, v in out.metrics.items() if not _finite(to_float(v))}
+    bad = {k: v for k, v in out.metrics.items() if not _finite(metric_float(v))}
     if bad:
         raise _fail(name, "loss", f"non-finite metrics {bad}")
     if not loss.requires_grad:
@@ -540,8 +542,10 @@ def _check_accumulation(name: str, overrides: list[str], root: Path, option: str
     from alignkit.loop import train
     from alignkit.models import load_model
 
+    from alignkit.metrics import read_metrics
+
     what = f"accumulates{f' ({option})' if option else ''}"
-    finals = []
+    finals, logged = [], []
     for batch, accum in ((examples, 1), (1, examples)):
         cfg = compose_run_config(*overrides, *ONE_SGD_STEP, f"trainer.batch_size={batch}",
                                  f"trainer.grad_accum={accum}")
@@ -550,9 +554,11 @@ def _check_accumulation(name: str, overrides: list[str], root: Path, option: str
             finals.append(_weights(train(cfg, run_dir).final_model))
         except AlignkitError as exc:
             raise _fail(name, what, str(exc)) from exc
+        logged.append(next((r for r in read_metrics(run_dir) if r.get("split") == "train"), {}))
     initial = {k: v.detach() for k, v in load_model(cfg.model)[0].state_dict().items()}
-    _compare_updates(name, what, initial, *finals,
-                     f"batch {examples} x accumulation 1 and batch 1 x accumulation {examples}")
+    how = f"batch {examples} x accumulation 1 and batch 1 x accumulation {examples}"
+    _compare_updates(name, what, initial, *finals, how)
+    _compare_metrics(name, what, *logged, how)
 
 
 def _check_rollout_accumulation(name: str, overrides: list[str], root: Path, option: str) -> None:
@@ -570,7 +576,7 @@ def _check_rollout_accumulation(name: str, overrides: list[str], root: Path, opt
 
     what = f"accumulates{f' ({option})' if option else ''}"
     slug = (option or "plain").replace("=", "_").replace(".", "_")
-    finals = []
+    finals, logged = [], []
     try:
         whole = Trainer(compose_run_config(*overrides, *ONE_SGD_STEP, "trainer.grad_accum=1"), root / f"{slug}-1")
         initial = {k: v.detach().clone() for k, v in whole.policy.state_dict().items()}
@@ -579,11 +585,13 @@ def _check_rollout_accumulation(name: str, overrides: list[str], root: Path, opt
         halves = [batch.select(torch.arange(0, n // 2)), batch.select(torch.arange(n // 2, n))]
         split = Trainer(compose_run_config(*overrides, *ONE_SGD_STEP, "trainer.grad_accum=2"), root / f"{slug}-2")
         for trainer, micro in ((whole, [batch]), (split, halves)):
-            trainer._train_step(iter(micro))
+            logged.append(trainer._train_step(iter(micro)))
             finals.append({k: v.detach().clone() for k, v in trainer.policy.state_dict().items()})
     except AlignkitError as exc:
         raise _fail(name, what, str(exc)) from exc
-    _compare_updates(name, what, initial, *finals, f"one rollout's {n} rows as 1 micro-batch and as 2 accumulated halves")
+    how = f"one rollout's {n} rows as 1 micro-batch and as 2 accumulated halves"
+    _compare_updates(name, what, initial, *finals, how)
+    _compare_metrics(name, what, *logged, how)
 
 
 def _ragged(batch: Any) -> Any:
@@ -609,6 +617,23 @@ def _compare_updates(name: str, what: str, initial: dict[str, Any], whole: dict[
         raise _fail(name, what, f"{how} give updates that differ by {worst:.3g} (largest update {scale:.3g}, "
                                 f"{100 * worst / scale:.2g}%); each loss term must be a mean over its own units "
                                 "and weight() must report them (see alignkit.api.Objective and Step 4 of docs/plugins.md)")
+
+
+def _compare_metrics(name: str, what: str, whole: dict[str, Any], split: dict[str, Any], how: str) -> None:
+    """The step's logged metrics (wall times aside) must not depend on the split into micro-batches."""
+    from alignkit.metrics import is_wall_time
+
+    differ = []
+    for key in sorted(whole.keys() & split.keys()):
+        a, b = whole[key], split[key]
+        if is_wall_time(key) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+            continue
+        if not (math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5) or (math.isnan(a) and math.isnan(b))):
+            differ.append(f"{key} {a:.6g} vs {b:.6g}")
+    if differ:
+        raise _fail(name, what, f"{how} log different step metrics ({', '.join(differ[:4])}); a metric averaged over "
+                                "other units than the loss's first term must say so: alignkit.api.Mean(value, count), "
+                                "Max, Min or Sum (see alignkit.api.LossOutput)")
 
 
 def _dropout_model(folder: Path) -> Path:

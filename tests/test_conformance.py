@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from alignkit.hookspecs import hookimpl
-from alignkit.interfaces import LossOutput
+from alignkit.interfaces import LossOutput, Mean
 from alignkit.logprobs import sequence_logprobs
 from alignkit.plugin_manager import get_registry
 from alignkit.specs import MethodSpec, ScorerSpec
@@ -89,6 +89,10 @@ class ToyObjective:
             if self.mode == "composite_ok":
                 return LossOutput(terms={"nll": loss, "sequence_nll": sequence_nll})
             loss = loss + sequence_nll
+        elif self.mode in ("row_metric", "row_metric_ok"):  # a per-sequence mean beside a token-mean loss
+            lengths = stats.count.float()  # (B,) target tokens per sequence
+            value = lengths.mean()
+            return LossOutput(loss, {"length": value if self.mode == "row_metric" else Mean(value, lengths.numel())})
         return LossOutput(loss, {})
 
 
@@ -147,12 +151,22 @@ def test_a_composite_loss_with_units_per_term_conforms(alignkit_plugins, tmp_pat
     ("stateful", {}, "resumes: weights after resuming differ"),
     ("composite", {}, "accumulates: batch 4 x accumulation 1 and batch 1 x accumulation 4 give updates that differ"),
     ("dropout", {}, "dropout-free: on a model whose config enables dropout, the first loss is"),
+    ("row_metric", {}, "accumulates: batch 4 x accumulation 1 and batch 1 x accumulation 4 log different step "
+                       "metrics (length "),
 ])
 def test_check_method_names_what_is_broken(alignkit_plugins, tmp_path, mode, kwargs, expected):
     alignkit_plugins(toy_plugin(tmp_path, mode, **kwargs))
     with pytest.raises(ConformanceError) as info:
         check_method("toy", tmp_path=tmp_path, steps=2)
     assert expected in str(info.value)
+
+
+def test_a_metric_that_says_its_unit_conforms(alignkit_plugins, tmp_path):
+    """The per-sequence mean of ``row_metric``, declared as ``Mean(value, sequences)``, logs the same
+    figure whatever the split (``row_metric`` itself is caught above)."""
+    alignkit_plugins(toy_plugin(tmp_path, "row_metric_ok"))
+    report = check_method("toy", tmp_path=tmp_path, resume=False, steps=1)
+    assert "accumulates" in report["checks"]
 
 
 def test_unknown_method(alignkit_plugins):

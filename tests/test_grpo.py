@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignkit.metrics import read_metrics
+from alignkit.step_metrics import metric_float
 
 # A checker that rewards completions by a property a random model varies on: length parity.
 REWARD = "scorer.fn=alignkit.plugins.scorers.rewards:brevity"
@@ -51,14 +52,14 @@ def test_the_first_pass_ratio_is_exactly_one_with_old_logprobs_recorded(alignkit
         current = sequence_logprobs(trainer.policy, mb, temperature=0.7).logprobs
         assert torch.equal(current, mb.extras["old_logps"])
         out = trainer.objective(mb)
-        assert out.metrics["ratio_mean"].item() == 1.0 and out.metrics["clip_frac"].item() == 0.0
+        assert metric_float(out.metrics["ratio_mean"]) == 1.0 and metric_float(out.metrics["clip_frac"]) == 0.0
 
 
 def test_one_iteration_needs_no_recorded_logprobs_and_no_reference(alignkit_compose, prompts_file, tmp_path):
     trainer, raw, plan = _first_plan(alignkit_compose, tmp_path, *common(prompts_file))
     assert set(plan.batch.extras) == {"advantages", "zero_signal"}  # π_old: the policy itself, detached
     out = trainer.objective(plan.micro_batches()[0])
-    assert out.metrics["ratio_mean"].item() == 1.0 and set(out.terms) == {"policy_loss"}
+    assert metric_float(out.metrics["ratio_mean"]) == 1.0 and set(out.terms) == {"policy_loss"}
     trainer.evaluate()
     assert trainer.run.ctx._reference is None, "kl_coef=0 must load no reference model"
 
@@ -76,7 +77,7 @@ def test_zero_signal_share_counts_the_groups_with_equal_rewards(alignkit_compose
     rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0])  # prompt 0: no signal; prompt 1: signal
     plan = trainer.objective.updates(raw.with_rewards(rewards))
     out = trainer.objective(plan.micro_batches()[0])
-    assert out.metrics["zero_signal_share"].item() == 0.5
+    assert metric_float(out.metrics["zero_signal_share"]) == 0.5
     assert torch.equal(plan.batch.extras["advantages"][:3], torch.zeros(3))  # and it carries no gradient
 
 

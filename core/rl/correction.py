@@ -30,6 +30,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..interfaces import Max, Mean, MetricValue, Min
+from ..step_metrics import token_means
 from .masked import masked_mean
 
 IS_LEVELS = ("token", "sequence")
@@ -129,8 +131,9 @@ class SamplerCorrection:
             raise ConfigError(f"method.is_level={self.level!r}; expected one of {', '.join(IS_LEVELS)}")
 
     def weights(self, old_logps: Tensor, sampler_logps: Tensor | None, mask: Tensor
-                ) -> tuple[Tensor | None, dict[str, Tensor]]:
-        """(N, T) importance weights (None without a correction) and the step's mismatch statistics.
+                ) -> tuple[Tensor | None, dict[str, MetricValue]]:
+        """(N, T) importance weights (None without a correction) and the micro-batch's mismatch metrics
+        (:class:`~alignkit.interfaces.Mean` / ``Max`` / ``Min``, combined over the step by the loop).
 
         Args:
             old_logps: (N, T) the trainer's log π_old of the sampled tokens (detached here).
@@ -148,14 +151,19 @@ class SamplerCorrection:
             return None, {}
         log_ratio = old_logps.detach() - sampler_logps[:, : old_logps.shape[1]].to(old_logps.dtype)  # (N, T)
         stats = mismatch_stats(log_ratio, mask)
+        # Logged per step: the KL as a mean over its tokens, the ratio's extremes as the step's extremes.
+        metrics: dict[str, MetricValue] = {"mismatch_kl": Mean(stats["mismatch_kl"], mask.sum()),
+                                           "mismatch_ratio_max": Max(stats["mismatch_ratio_max"]),
+                                           "mismatch_ratio_min": Min(stats["mismatch_ratio_min"])}
         if self.fn is None:
-            return None, stats
+            return None, metrics
         weights = self.fn(log_ratio, mask, cap=self.cap, level=self.level)  # (N, T)
         with torch.no_grad():
             raw = _level_log_ratio(log_ratio, mask, self.level)  # (N, T)
-            stats["is_weight_mean"] = masked_mean(weights, mask)
-            stats["is_capped_frac"] = masked_mean((raw > math.log(self.cap)).to(weights.dtype), mask)
-        return weights, stats
+            metrics.update(token_means({"is_weight_mean": masked_mean(weights, mask),
+                                        "is_capped_frac": masked_mean((raw > math.log(self.cap)).to(weights.dtype), mask)},
+                                       mask))
+        return weights, metrics
 
 
 def weighted_advantages(advantages: Tensor, weights: Tensor | None) -> Tensor:

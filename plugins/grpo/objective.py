@@ -30,7 +30,17 @@ from typing import Any, Optional
 
 import torch
 
-from alignkit.api import ConfigError, LossOutput, LossTerm, RolloutBatch, RunContext, UpdatePlan, sequence_logprobs
+from alignkit.api import (
+    ConfigError,
+    LossOutput,
+    LossTerm,
+    RolloutBatch,
+    RunContext,
+    UpdatePlan,
+    row_means,
+    sequence_logprobs,
+    token_means,
+)
 from alignkit.rl import (
     AGGREGATIONS,
     KL_ESTIMATORS,
@@ -185,10 +195,13 @@ class GRPOObjective:
             kl_tokens = kl_penalty(logps, batch.extras["ref_logps"], estimator=self.cfg.kl_estimator)  # (B, T-1)
             terms["kl"] = LossTerm(aggregate(kl_tokens, mask, self.aggregation, self.loss_options.get("norm_length")),
                                    self.cfg.kl_coef)
-        metrics = {**loss_stats, "score": batch.rewards.float().mean(), "advantage_abs": batch.extras["advantages"].abs().mean(),
-                   "length": mask.sum(dim=1).float().mean(), "ended": batch.ended.float().mean(),
-                   # micro-batches hold whole groups: the row mean is the share of groups with equal rewards
-                   "zero_signal_share": batch.extras["zero_signal"].mean(), **mismatch}
+        # The loss's unit is tokens or completions (its aggregation): each metric says its own.
+        metrics = {**token_means(loss_stats, mask),
+                   **row_means({"score": batch.rewards, "advantage_abs": batch.extras["advantages"].abs(),
+                                "length": mask.sum(dim=1), "ended": batch.ended,
+                                # micro-batches hold whole groups: the row mean is the share of groups with equal rewards
+                                "zero_signal_share": batch.extras["zero_signal"]}),
+                   **mismatch}
         return LossOutput(terms=terms, metrics=metrics)
 
 

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import torch
 
-from alignkit.api import ConfigError, LossOutput, RolloutBatch, RunContext, UpdatePlan
+from alignkit.api import ConfigError, LossOutput, RolloutBatch, RunContext, UpdatePlan, row_means, token_means
 from alignkit.rl import (
     KL_ESTIMATORS,
     ISCorrectionOptions,
@@ -186,10 +186,11 @@ class PPOObjective:
         vf_loss = value_clip(out.values, old["old_values"], old["returns"], mask, clip=self.cfg.value_clip)
         entropy = masked_mean(out.entropy, mask)  # ()
         loss = pg_loss + self.cfg.vf_coef * vf_loss - self.cfg.entropy_coef * entropy
+        # Token means (the loss's unit) as plain values; per-completion ones say so.
         metrics = {"pg_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), "entropy": entropy.detach(),
-                   "kl": old["kl_tokens"].sum(dim=1).mean(), "kl_coef": old["kl_coef"].mean(),
-                   "score": batch.rewards.float().mean(), "length": mask.sum(dim=1).float().mean(),
-                   "value_mean": masked_mean(out.values.detach(), mask), **stats, **mismatch}
+                   "value_mean": masked_mean(out.values.detach(), mask), **token_means(stats, mask),
+                   **row_means({"kl": old["kl_tokens"].sum(dim=1), "kl_coef": old["kl_coef"],
+                                "score": batch.rewards, "length": mask.sum(dim=1)}), **mismatch}
         return LossOutput(loss, metrics)
 
     # ------------------------------------------------------------------ resume and saving

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from alignkit.api import LossOutput, RunContext, TokenBatch, nll, sequence_logprobs
+from alignkit.api import LossOutput, RunContext, Sum, TokenBatch, nll, sequence_logprobs
 
 
 @dataclass
@@ -34,7 +34,7 @@ class SFTObjective:
     def __call__(self, batch: TokenBatch) -> LossOutput:
         stats = sequence_logprobs(self.ctx.policy, batch)
         loss = nll(stats.sum, stats.count)  # ()
-        return LossOutput(loss, {"tokens": float(stats.count.sum())})
+        return LossOutput(loss, {"tokens": Sum(stats.count.sum())})  # target tokens of the step
 
     def evaluate(self, batch: TokenBatch) -> dict[str, torch.Tensor]:
         stats = sequence_logprobs(self.ctx.policy, batch)

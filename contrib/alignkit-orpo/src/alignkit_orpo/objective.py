@@ -18,6 +18,7 @@ import torch
 from alignkit.api import (
     LossOutput,
     LossTerm,
+    Mean,
     PairBatch,
     RunContext,
     nll,
@@ -67,7 +68,8 @@ class ORPOObjective:
             log_odds_ratio = log_odds(chosen_mean) - log_odds(rejected_mean)  # (P,)
         return LossOutput(
             terms={"nll": chosen_nll, "odds_ratio": LossTerm(odds.mean(), coef=self.lam)},
-            metrics={"log_odds_ratio": log_odds_ratio.mean()},
+            # a mean over pairs, while the first term (nll) averages tokens: say the metric's own unit
+            metrics={"log_odds_ratio": Mean(log_odds_ratio.mean(), batch.num_pairs)},
         )
 
     # -- held-out evaluation (alignkit.api.Evaluates) -------------------------------------------
