@@ -52,7 +52,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: alignkit's overrides per inference engine; the arm is named ``alignkit`` (hf) or ``alignkit-<engine>``.
-ENGINES = {"hf": [], "vllm": ["rollout.engine=vllm", "+rollout.engine_options.kv_cache_gib=1"]}
+ENGINES = {"hf": [], "vllm": ["rollout.engine=vllm", "+rollout.engine_options.kv_cache_gib=0.25"]}
 TASK = "arith"  # the bundled verifiable task (conf/data/arith.yaml)
 LN2 = math.log(2.0)
 
@@ -448,13 +448,17 @@ SPECS = {
     # within minutes here while the longest sorted pairs still come first (the peak-memory batch).
     "dpo": {"batch": 8, "steps": 3, "max_length": 512, "beta": 0.1, "lr": 1e-5,
             "alignkit_overrides": ["trainer.activation_checkpointing=1"]},
+    # alignkit trains each rollout as micro-batches of one prompt's k samples, accumulated into the one
+    # optimizer step (the same update: batch x accumulation invariance), instead of recomputing activations.
     "rloo": {"prompts": 4, "k": 4, "steps": 3, "max_new_tokens": 32, "temperature": 0.8, "beta": 0.05, "lr": 2e-5,
-             "alignkit_overrides": []},
+             "alignkit_overrides": ["method.minibatch_size=1", "trainer.grad_accum=4"]},
     # TRL's GRPO defaults: loss_type "dapo" (token-level), group-normalised rewards, no KL (beta 0), one
-    # update per rollout, clip 0.2, activation checkpointing on; alignkit the same with loss=dapo,
-    # method=grpo's defaults and trainer.activation_checkpointing=1.
+    # update per rollout, clip 0.2, activation checkpointing on; alignkit the same with loss=dapo and
+    # method=grpo's defaults, its rollout trained as 4 accumulated micro-batches of 2 prompts x k (one
+    # optimizer step, the same update) without activation checkpointing: peak memory bounded by the
+    # micro-batch, no recomputation.
     "grpo": {"prompts": 8, "k": 4, "steps": 3, "max_new_tokens": 48, "temperature": 1.0, "lr": 1e-6,
-             "loss": "dapo", "alignkit_overrides": ["trainer.activation_checkpointing=1"]},
+             "loss": "dapo", "alignkit_overrides": ["method.minibatch_size=2", "trainer.grad_accum=4"]},
 }
 
 

@@ -30,6 +30,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 
 from .errors import ConfigError
+from .generation import generate_sharing_prompts
 
 STRATEGIES = ("none", "ddp", "fsdp", "deepspeed")
 FSDP_SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
@@ -387,7 +388,8 @@ def generate(policy: Any, accelerator: Any, **kwargs: Any) -> torch.Tensor:
     """``generate`` of a prepared (wrapped, possibly sharded) policy: what online rollouts sample with.
 
     Unwraps the policy (``accelerator.unwrap_model``; the policy itself without an accelerator), runs
-    HF ``generate`` in eval mode under :func:`full_parameters` and restores the train mode. Under
+    HF ``generate`` in eval mode under :func:`full_parameters` (repeated prompts prefilled once:
+    :func:`alignkit.generation.generate_sharing_prompts`) and restores the train mode. Under
     greedy decoding the tokens equal those of the unsharded policy (tested with FSDP v1 and FSDP2
     on 2 CPU processes).
 
@@ -401,6 +403,6 @@ def generate(policy: Any, accelerator: Any, **kwargs: Any) -> torch.Tensor:
     model.eval()
     try:
         with full_parameters(policy):
-            return model.generate(**kwargs)
+            return generate_sharing_prompts(model, **kwargs)
     finally:
         model.train(was_training)

@@ -26,6 +26,7 @@ this module, so three rules hold everywhere:
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Sequence
 
@@ -394,9 +395,78 @@ def _eval_mode_generate(model: Any, **kwargs: Any) -> torch.Tensor:
     was_training = model.training
     model.eval()
     try:
-        return model.generate(**kwargs)
+        return generate_sharing_prompts(model, **kwargs)
     finally:
         model.train(was_training)
+
+
+def generate_sharing_prompts(model: Any, **kwargs: Any) -> torch.Tensor:
+    """``model.generate(**kwargs)`` with every repeated prompt row prefilled once.
+
+    Group sampling (GRPO, RLOO: k completions per prompt) repeats each left-padded prompt row k times;
+    generate would run the prompt through the model k times. Here the U distinct rows' first P − 1
+    tokens are run once into a ``DynamicCache`` (positions from the attention mask, as generate
+    computes them), the cache is copied to the N rows that share them (``batch_select_indices``), and
+    generate continues from it with the last prompt token. The distribution sampled from is the same;
+    the prompt's forward costs U/N of what it did (the saving measured in ``benchmarks/prefix_sharing.py``).
+
+    Falls back to a plain ``generate`` when no row repeats, the prompt is one token, or the model does
+    not take a dynamic cache (recurrent or static-cache models).
+
+    Args:
+        model: an unwrapped HF causal LM, PEFT model or :class:`~alignkit.logprobs.PolicyModule`, in eval mode.
+        kwargs: ``generate`` arguments; ``input_ids`` (N, P) and ``attention_mask`` (N, P) are required
+            for sharing.
+
+    Returns:
+        (N, P + new) token ids, as ``generate``.
+    """
+    from .logprobs import unwrap_lm
+
+    lm = unwrap_lm(model)  # the causal LM inside a PolicyModule (its forward takes no cache)
+    ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+    cache_name = _cache_argument()
+    if ids is None or mask is None or ids.shape[1] < 2 or cache_name in kwargs or not _takes_dynamic_cache(lm):
+        return model.generate(**kwargs)
+    rows = torch.cat([ids, mask.to(ids.dtype)], dim=1)  # (N, 2P): a prompt is its ids and its padding
+    distinct, index = torch.unique(rows, dim=0, return_inverse=True)  # (U, 2P), (N,)
+    if distinct.shape[0] == ids.shape[0]:
+        return model.generate(**kwargs)
+    width = ids.shape[1]
+    prefix_ids, prefix_mask = distinct[:, : width - 1], distinct[:, width: 2 * width - 1]  # (U, P-1) each
+    positions = (prefix_mask.cumsum(-1) - 1).masked_fill(prefix_mask == 0, 0)  # (U, P-1), as generate's
+    from transformers import DynamicCache
+
+    try:
+        cache = DynamicCache(config=_lm_config(lm))
+    except TypeError:  # older transformers: no per-layer configuration
+        cache = DynamicCache()
+    with torch.no_grad():
+        lm(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions, use_cache=True,
+              **{cache_name: cache})
+    cache.batch_select_indices(index)  # (N, heads, P-1, d) per layer: each row's prompt prefix
+    return model.generate(**kwargs, **{cache_name: cache})
+
+
+def _cache_argument() -> str:
+    """The keyword ``generate`` and the models take a KV cache by (``cache`` from transformers 5.2x)."""
+    try:
+        from transformers.generation.utils import ALL_CACHE_NAMES
+    except ImportError:
+        return "past_key_values"
+    return ALL_CACHE_NAMES[0]
+
+
+def _lm_config(model: Any) -> Any:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config
+
+
+def _takes_dynamic_cache(model: Any) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    supports = getattr(base, "_supports_default_dynamic_cache", None)
+    config = getattr(base, "generation_config", None)
+    return bool(supports is not None and supports()) and getattr(config, "cache_implementation", None) is None
 
 
 class SampledLogprobs:
@@ -428,12 +498,46 @@ class SampledLogprobs:
         return torch.stack(self.taken, dim=1)[:, : generated.shape[1]]  # (N, new)
 
 
-def _recording_processors(settings: SamplingSettings) -> tuple[list[Any], SampledLogprobs]:
-    """The sampling warpers in Hugging Face's own order (temperature, top-k, top-p), then the recorder.
+class InverseCDFSampler:
+    """A logits processor, last in the chain, that draws each row's next token from ``softmax(scores)``.
+
+    Inverse transform sampling: one uniform u ~ U[0, 1) per row from the global generator, the token is
+    the first whose cumulative probability exceeds u · Σp (sums in float64, in two levels: blocks of
+    :attr:`BLOCK` tokens, then the tokens of the block u falls in — a full-vocabulary cumulative sum
+    is sequential and slow on CPU); a token of probability 0 is never drawn. It returns scores that are
+    0 at the drawn token and −inf elsewhere, so ``generate``'s greedy selection takes it. The
+    distribution is exactly ``softmax(scores)``, as ``generate``'s own sampling; the draws differ from
+    it (another use of the random stream). Why: ``generate`` samples with ``torch.multinomial`` without
+    replacement, which on CPU draws one exponential variate per vocabulary entry (49,152 per row and
+    token for SmolLM2: 15% of a GRPO rollout's time); this draws one per row.
+    """
+
+    BLOCK = 256
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        n, vocab, b = scores.shape[0], scores.shape[-1], self.BLOCK
+        probs = torch.softmax(scores.float(), dim=-1)  # (N, V)
+        blocks = torch.nn.functional.pad(probs, (0, (-vocab) % b)).view(n, -1, b)  # (N, K, b)
+        block_cdf = blocks.sum(dim=-1, dtype=torch.float64).cumsum(dim=-1)  # (N, K)
+        u = torch.rand(n, 1, dtype=torch.float64, device=scores.device) * block_cdf[:, -1:]  # (N, 1)
+        k = torch.searchsorted(block_cdf, u, right=True).clamp_(max=blocks.shape[1] - 1)  # (N, 1) block
+        before = torch.where(k > 0, block_cdf.gather(1, (k - 1).clamp(min=0)), 0.0)  # (N, 1) mass before it
+        inside = blocks.gather(1, k[:, :, None].expand(n, 1, b))[:, 0]  # (N, b) the block's probabilities
+        j = torch.searchsorted(before + inside.double().cumsum(dim=-1), u, right=True)  # (N, 1)
+        # rounding may put u past the block's last possible token: never step onto a zero-probability one
+        last = torch.where(inside > 0, torch.arange(b, device=scores.device), -1).amax(dim=-1, keepdim=True)  # (N, 1)
+        token = k * b + torch.minimum(j, last)  # (N, 1)
+        return torch.full_like(scores, -math.inf).scatter_(1, token, 0.0)  # (N, V)
+
+
+def _sampling_processors(settings: SamplingSettings, record: bool) -> tuple[list[Any], SampledLogprobs | None]:
+    """The sampling warpers in Hugging Face's own order (temperature, top-k, top-p), the recorder (when
+    ``record``), then the draw (:class:`InverseCDFSampler`; none for greedy decoding).
 
     Passed as ``logits_processor`` they run after the built-in processors (repetition penalty, n-gram
     blocking, ...) exactly where ``generate`` would put its warpers, whose own copies are switched off
-    (:func:`_without_warpers`): the scores, hence the draws, are those of a plain ``generate``.
+    (:func:`_drawn_by_processors`): the distribution drawn from is that of a plain ``generate``, and
+    recording does not move the draws.
     """
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
@@ -445,12 +549,18 @@ def _recording_processors(settings: SamplingSettings) -> tuple[list[Any], Sample
             processors.append(TopKLogitsWarper(top_k=int(settings.top_k), min_tokens_to_keep=1))
         if settings.top_p < 1.0:
             processors.append(TopPLogitsWarper(top_p=float(settings.top_p), min_tokens_to_keep=1))
-    recorder = SampledLogprobs()
-    return processors + [recorder], recorder
+    recorder = SampledLogprobs() if record else None
+    processors += [recorder] if recorder is not None else []
+    processors += [InverseCDFSampler()] if not settings.greedy else []
+    return processors, recorder
 
 
-def _without_warpers(config: Any) -> Any:
+def _drawn_by_processors(config: Any, sampled: bool) -> Any:
+    """``config`` without its warpers (our processors apply them); a sampled draw is made by
+    :class:`InverseCDFSampler`, so ``generate`` selects greedily."""
     config.temperature, config.top_k, config.top_p = 1.0, 0, 1.0  # None would be filled in (top_k=50)
+    if sampled:
+        config.do_sample = False
     return config
 
 
@@ -474,7 +584,8 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], settings: SamplingSetti
         generate: ``generate(**kwargs) -> (N, P + new)`` to call instead of ``model.generate`` in eval
             mode, e.g. :func:`alignkit.distributed.generate` for a sharded policy.
         logprobs: record each sampled token's log-prob under the processed distribution it was drawn
-            from (:class:`SampledLogprobs`); the draws are the same as without.
+            from (:class:`SampledLogprobs`); the draws are the same as without. Draws are made by
+            :class:`InverseCDFSampler` (the same distribution as ``generate``'s own sampling).
         streamer: a ``transformers`` streamer (``put(ids)``, ``end()``) told of every new token (one
             prompt only), e.g. ``alignkit chat``'s token bar.
 
@@ -489,12 +600,13 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], settings: SamplingSetti
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (N, P)
     config = generation_config(settings, end_ids, pad_id, tokenizer)
     kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "generation_config": config}
-    recorder = None
-    if logprobs:
-        from transformers import LogitsProcessorList
+    from transformers import LogitsProcessorList
 
-        processors, recorder = _recording_processors(settings)
-        kwargs.update(generation_config=_without_warpers(config), logits_processor=LogitsProcessorList(processors))
+    # The warpers, the recorder and the draw run as our own processors; generate then selects greedily.
+    processors, recorder = _sampling_processors(settings, record=logprobs)
+    if processors:
+        kwargs.update(generation_config=_drawn_by_processors(config, sampled=not settings.greedy),
+                      logits_processor=LogitsProcessorList(processors))
     if settings.stop:
         kwargs["tokenizer"] = tokenizer
     if streamer is not None:

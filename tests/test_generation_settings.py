@@ -30,7 +30,8 @@ def reference_sample(model, prompt_ids: list[int], *, rows: int, steps: int, end
     Every step runs the whole sequence through the model (no KV cache), takes the last position's
     logits in float32, optionally applies the CTRL repetition penalty (Keskar et al. 2019: a seen
     token's logit is divided by ``penalty``, multiplied when negative), then draws one token per row
-    from softmax(logits / T) with one ``torch.multinomial`` call on the (rows, V) batch (or takes
+    from softmax(logits / T) by inverse transform sampling, one ``torch.rand`` (rows, 1) float64 draw:
+    the first token whose cumulative probability exceeds u · Σp (or takes
     the argmax). Finished rows keep receiving ``pad_id``, as every batched decoder does.
     """
     ends = torch.tensor(sorted(end_ids))
@@ -50,7 +51,9 @@ def reference_sample(model, prompt_ids: list[int], *, rows: int, steps: int, end
             if greedy:
                 nxt = logits.argmax(dim=-1)  # (R,)
             else:
-                nxt = torch.multinomial(torch.softmax(logits / temperature, dim=-1), num_samples=1)[:, 0]  # (R,)
+                cdf = torch.softmax(logits / temperature, dim=-1).double().cumsum(dim=-1)  # (R, V)
+                u = torch.rand(rows, 1, dtype=torch.float64) * cdf[:, -1:]  # (R, 1)
+                nxt = torch.searchsorted(cdf, u, right=True)[:, 0]  # (R,)
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             for r in range(rows):
                 if not done[r]:
