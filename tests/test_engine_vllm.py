@@ -32,7 +32,7 @@ def _online(folder, model_folder, *extra, method="grpo"):
     return [f"method={method}", f"model.path={model_folder}", "data=custom", f"data.path={_prompts(folder)}", "data.format=prompts",
             "data.eval_fraction=0.25", "scorer=function", "scorer.fn=alignkit.plugins.scorers.rewards:brevity",
             "trainer.batch_size=2", "rollout.num_samples=2", "rollout.max_new_tokens=8", "rollout.temperature=0.8",
-            "rollout.engine=vllm", "+rollout.engine_options.kv_cache_gib=1", "trainer.progress=false",
+            "rollout.engine=vllm", "+rollout.engine_options.kv_cache_gib=0.25", "trainer.progress=false",
             "trainer.tensorboard=false", *extra]
 
 

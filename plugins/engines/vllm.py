@@ -53,7 +53,8 @@ class VLLMEngineConfig:
     """``rollout.engine_options`` of ``rollout.engine=vllm``.
 
     Attributes:
-        kv_cache_gib: CPU: GiB of memory for the KV cache (``VLLM_CPU_KVCACHE_SPACE``).
+        kv_cache_gib: CPU: GiB of memory for the KV cache (vLLM's ``kv_cache_memory_bytes``; fractions
+            allowed: 32 sequences of 112 tokens of SmolLM2 take ~0.16 GiB).
         gpu_memory_utilization: CUDA: the share of GPU memory vLLM may take (weights copy + KV cache).
         sleep: CUDA: put the engine to sleep between rollouts (weights offloaded, KV cache freed) so
             training has the memory; woken before the next sync. Ignored on CPU (no sleep mode there).
@@ -109,8 +110,9 @@ class VLLMEngine:
             raise ConfigError("rollout.engine=vllm with a sharded policy (FSDP / DeepSpeed) is not supported: each "
                               "process would need the full weights; use rollout.engine=hf or trainer=default/ddp")
         cuda = ctx.device.type == "cuda"
-        if not cuda:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{options.kv_cache_gib:g}")
+        if not cuda and not options.kv_cache_gib > 0:
+            raise ConfigError(f"rollout.engine_options.kv_cache_gib={options.kv_cache_gib}: the CPU KV cache needs a "
+                              "size > 0 (GiB, fractions allowed: 0.25)")
         vllm = _import_vllm(options.quiet)
         self.ctx, self.options, self.cuda = ctx, options, cuda
         self.end_ids = end_token_ids(ctx.tokenizer, ctx.policy)
@@ -129,12 +131,14 @@ class VLLMEngine:
                                       load_format="dummy", generation_config="vllm", disable_log_stats=True)
         if cuda:
             kwargs.update(gpu_memory_utilization=options.gpu_memory_utilization, enable_sleep_mode=options.sleep)
+        else:  # bytes, not VLLM_CPU_KVCACHE_SPACE (whole GiB only)
+            kwargs.update(kv_cache_memory_bytes=int(options.kv_cache_gib * 2**30))
         try:
             self.llm = vllm.LLM(**kwargs)
         except Exception as exc:  # noqa: BLE001 - an architecture or setting vLLM refuses: one line
             self.folder.cleanup()
             raise ModelError(f"rollout.engine=vllm could not start on {type(model).__name__}: "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+                             f"{type(exc).__name__}: {_one_line(exc)}") from None
         self.asleep = False
         self.sync(ctx.policy)
 
@@ -209,6 +213,13 @@ class VLLMEngine:
         del llm
         gc.collect()
         self.folder.cleanup()
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception's message on one line: a pydantic ``ValidationError`` names the field and the reason
+    on its second and third lines, so those are kept, not only the first ("1 validation error for ...")."""
+    text = " ".join(" ".join(line.split()) for line in str(exc).splitlines()[:4] if line.strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_cpu_head_size(config: Any) -> None:
