@@ -247,3 +247,14 @@ def test_the_hf_engine_scores_fixed_sequences_as_a_float64_forward(alignkit_comp
         with torch.no_grad():
             expected = torch.log_softmax(model(torch.tensor([seq])).logits[0, :-1], -1).gather(1, torch.tensor(seq[1:])[:, None])[:, 0]
         assert torch.allclose(torch.tensor(values, dtype=torch.float64), expected, atol=1e-5)
+
+
+def test_a_vllm_start_error_keeps_the_reason_of_a_validation_error():
+    """pydantic puts the field and the reason on the lines after "1 validation error for ..."."""
+    from alignkit.plugins.engines.vllm import _one_line
+
+    exc = ValueError("1 validation error for VllmConfig\nkv_cache_memory_bytes\n  Input should be a valid integer "
+                     "[type=int_type]\n    For further information visit https://errors.pydantic.dev\n\nignored")
+    assert _one_line(exc) == ("1 validation error for VllmConfig kv_cache_memory_bytes Input should be a valid "
+                              "integer [type=int_type] For further information visit https://errors.pydantic.dev")
+    assert len(_one_line(ValueError("x" * 1000))) == 400
