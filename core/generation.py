@@ -555,12 +555,12 @@ def _sampling_processors(settings: SamplingSettings, record: bool) -> tuple[list
     return processors, recorder
 
 
-def _drawn_by_processors(config: Any, sampled: bool) -> Any:
-    """``config`` without its warpers (our processors apply them); a sampled draw is made by
-    :class:`InverseCDFSampler`, so ``generate`` selects greedily."""
-    config.temperature, config.top_k, config.top_p = 1.0, 0, 1.0  # None would be filled in (top_k=50)
-    if sampled:
-        config.do_sample = False
+def _drawn_by_processors(config: Any) -> Any:
+    """``config`` without its warpers (our processors apply them) and with greedy selection: a sampled
+    draw is made by :class:`InverseCDFSampler`. Greedy ``generate`` applies no warper, so they are left
+    unset (a value there would only draw transformers' "not valid and may be ignored" warning)."""
+    config.temperature, config.top_k, config.top_p = None, None, None
+    config.do_sample = False
     return config
 
 
@@ -605,7 +605,7 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], settings: SamplingSetti
     # The warpers, the recorder and the draw run as our own processors; generate then selects greedily.
     processors, recorder = _sampling_processors(settings, record=logprobs)
     if processors:
-        kwargs.update(generation_config=_drawn_by_processors(config, sampled=not settings.greedy),
+        kwargs.update(generation_config=_drawn_by_processors(config),
                       logits_processor=LogitsProcessorList(processors))
     if settings.stop:
         kwargs["tokenizer"] = tokenizer
