@@ -443,7 +443,7 @@ def generate_sharing_prompts(model: Any, **kwargs: Any) -> torch.Tensor:
         cache = DynamicCache()
     with torch.no_grad():
         lm(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions, use_cache=True,
-              **{cache_name: cache})
+           **{cache_name: cache})
     cache.batch_select_indices(index)  # (N, heads, P-1, d) per layer: each row's prompt prefix
     return model.generate(**kwargs, **{cache_name: cache})
 
