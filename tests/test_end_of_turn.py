@@ -125,7 +125,7 @@ def _expected_answer(folder: Path, message: str, seed: int) -> str:
     return tok.decode(tokens[:-1], skip_special_tokens=True).strip()
 
 
-@pytest.mark.parametrize("seed", [3])
+@pytest.mark.parametrize("seed", [4])  # a seed whose sampled turn ends after a few tokens
 def test_generate_and_eval_answers_stop_at_the_end_of_turn(end_folder, cli_main, tmp_path, seed):
     message = "Hello there."
     expected = _expected_answer(end_folder, message, seed)
@@ -138,7 +138,7 @@ def test_generate_and_eval_answers_stop_at_the_end_of_turn(end_folder, cli_main,
     assert json.loads(answers.read_text())["completion"] == expected
 
 
-@pytest.mark.parametrize("seed", [3])
+@pytest.mark.parametrize("seed", [4])  # a seed whose sampled turn ends after a few tokens
 def test_chat_stops_at_the_templates_end_of_turn(tmp_path_factory, cli_main, seed):
     # Only the template ends turns with <|im_end|>: the model itself declares <|endoftext|> alone.
     folder = tiny_model_folder(tmp_path_factory.mktemp("chat") / "model", "phi", eos_token="<|endoftext|>",
