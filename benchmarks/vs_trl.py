@@ -21,7 +21,9 @@ generation time (alignkit: ``rollout/generate_s``; TRL: its ``_generate_and_scor
 also scores) and alignkit's weight-sync time.
 
 Measured per process: wall time from loading the model to the end of the last optimizer step (data
-preparation, reference log-probs and generation included), the non-padding tokens every forward
+preparation, reference log-probs, an inference engine's start-up and generation included; each arm's
+framework is imported before its clock starts and the import time is reported beside it, with the
+ratio that counts it), the non-padding tokens every forward
 pass of the training step saw (prompt + completion, chosen + rejected), tokens/s, peak RSS (the
 process's ``VmHWM``) and the loss of every step. Model FLOP utilisation is the achieved model FLOP/s
 (6·N per trained token + 2·N per reference or generated token + attention, N the 134.5 M matmul
@@ -52,7 +54,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: alignkit's overrides per inference engine; the arm is named ``alignkit`` (hf) or ``alignkit-<engine>``.
-ENGINES = {"hf": [], "vllm": ["rollout.engine=vllm", "+rollout.engine_options.kv_cache_gib=0.25"]}
+ENGINES = {"hf": [], "vllm": ["rollout.engine=vllm"]}  # vLLM: KV cache sized to the run (the default)
 TASK = "arith"  # the bundled verifiable task (conf/data/arith.yaml)
 LN2 = math.log(2.0)
 
@@ -370,6 +372,25 @@ CHILDREN = {("dpo", "alignkit"): alignkit_dpo, ("dpo", "trl"): trl_dpo,
             ("grpo", "alignkit"): alignkit_grpo, ("grpo", "trl"): trl_grpo}
 
 
+def import_framework(base: str, engine: str) -> float:
+    """Import the arm's framework (alignkit + its inference engine, or TRL) before its clock starts; seconds.
+
+    Every arm's clock starts at loading the model, so no arm is charged for its imports (TRL's pulls in
+    vLLM when it is installed: ~8 s); the import time is reported beside the figures."""
+    start = time.perf_counter()
+    if base == "trl":
+        import trl  # noqa: F401
+        from trl import DPOTrainer, GRPOTrainer, RLOOTrainer  # noqa: F401
+    else:
+        import alignkit.compose  # noqa: F401
+        import alignkit.loop  # noqa: F401
+        if engine == "vllm":
+            from alignkit.plugins.engines.vllm import import_vllm
+
+            import_vllm(quiet=True)
+    return time.perf_counter() - start
+
+
 def run_child(workload: str, framework: str, spec: dict) -> None:
     import torch
 
@@ -377,8 +398,10 @@ def run_child(workload: str, framework: str, spec: dict) -> None:
     base, _, engine = framework.partition("-")
     if engine:
         spec = {**spec, "alignkit_overrides": [*spec.get("alignkit_overrides", []), *ENGINES[engine]]}
+    import_s = import_framework(base, engine)
     result = CHILDREN[(workload, base)](spec, spec["workdir"])
-    result.update({"workload": workload, "framework": framework})
+    result.update({"workload": workload, "framework": framework, "import_s": import_s,
+                   "tokens_per_s_with_import": result["tokens"] / (result["seconds"] + import_s)})
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -496,7 +519,8 @@ def summarize(workload: str, runs: list[dict], gemm: list[float], shape: dict) -
     summary: dict = {"workload": workload, "pairs": len(rounds), "arms": arms, "gemm_flops": peak_gemm}
     for arm in arms:
         mine = [r for r in runs if r["framework"] == arm]
-        for key in ("tokens_per_s", "peak_rss_mb", "mfu", "seconds", "tokens", "generate_share", "sync_s"):
+        for key in ("tokens_per_s", "peak_rss_mb", "mfu", "seconds", "tokens", "generate_share", "sync_s", "import_s",
+                    "tokens_per_s_with_import"):
             values = [r[key] for r in mine if key in r]
             if values:
                 summary[f"{arm}_{key}"] = statistics.median(values)
@@ -505,6 +529,9 @@ def summarize(workload: str, runs: list[dict], gemm: list[float], shape: dict) -
         speed = [g[arm]["tokens_per_s"] / g["trl"]["tokens_per_s"] for g in by_arm]
         memory = [g[arm]["peak_rss_mb"] / g["trl"]["peak_rss_mb"] for g in by_arm]
         summary[f"{arm}_speed_ratios"], summary[f"{arm}_memory_ratios"] = speed, memory
+        if all("import_s" in g[arm] and "import_s" in g["trl"] for g in by_arm):
+            summary[f"{arm}_speed_ratio_with_import"] = statistics.median(
+                g[arm]["tokens_per_s_with_import"] / g["trl"]["tokens_per_s_with_import"] for g in by_arm)
         summary[f"{arm}_speed_ratio"], summary[f"{arm}_memory_ratio"] = statistics.median(speed), statistics.median(memory)
         summary[f"{arm}_curve_gap"] = [max(abs(x - y) for x, y in zip(g[arm]["losses"], g["trl"]["losses"])) for g in by_arm]
     # the names earlier reports used (the HF-engine arm against TRL)
@@ -552,6 +579,11 @@ def report(summary: dict, spec: dict, runs: list[dict]) -> str:
         if any(f"{a}_sync_s" in summary and summary[f"{a}_sync_s"] > 0 for a in ours):
             lines.append(row("weight sync, s per run", "sync_s", ".1f"))
     lines.append(row("seconds (load to last step)", "seconds", ".0f"))
+    if any(f"{a}_import_s" in summary for a in arms):
+        lines.append(row("import, s (before the clock)", "import_s", ".1f"))
+        lines.append("| tokens/s vs TRL counting the imports | " + " | ".join(
+            f"{summary[f'{a}_speed_ratio_with_import']:.2f}x" if f"{a}_speed_ratio_with_import" in summary else ""
+            for a in ours) + " | 1 |")
     first = summary["first_loss"]
     exact = lambda xs: ", ".join(f"{x:.6f}" for x in xs)  # noqa: E731
     if w == "dpo":

@@ -55,7 +55,7 @@ from .datafiles import read_rows
 from .distributed import generate as generate_from_policy
 from .distributed import shard
 from .encoding import EncodingSettings, prompt_encoding, report, report_start_model, saved_encoding
-from .engines import Engine, engine_weights, policy_logprobs, request_seed, sampler_logprob_rows, sync_gap
+from .engines import Engine, EngineDemand, engine_weights, policy_logprobs, request_seed, sampler_logprob_rows, sync_gap
 from .errors import AlignkitError, CheckpointError, ConfigError, DataError, ModelError, TrainingError
 from .generation import (
     Completion,
@@ -158,7 +158,7 @@ __all__ = [
     "JudgeScorer", "JudgeScorerConfig", "soft_score", "as_rewards", "Checker", "time_limit", "load_callable",
     # models, generation, encoding
     "ModelConfig", "load_model", "load_for_inference", "find_model_folder", "SamplingSettings", "sample",
-    "end_token_ids", "private_rng", "distorting_options", "generate_from_policy", "Completion", "cut_completion", "Engine",
+    "end_token_ids", "private_rng", "distorting_options", "generate_from_policy", "Completion", "cut_completion", "Engine", "EngineDemand",
     "engine_weights", "policy_logprobs", "request_seed", "sampler_logprob_rows", "sync_gap", "shard", "EncodingSettings",
     "prompt_encoding", "saved_encoding", "report", "report_start_model", "EMPTY_COMPLETION", "shown", "empty_note",
     # running

@@ -104,11 +104,12 @@ class TokenBatch:
         """The sub-batch of ``examples`` (indices into this batch's examples), in that order.
 
         Rows keep their positions (right padding only), and trailing columns that are padding in
-        every selected row are dropped.
+        every selected row are dropped; no examples give a batch of no rows (width 1).
         """
         examples = torch.as_tensor(examples, dtype=torch.long)
         rows = self._rows_of(examples)
-        width = int(self.attention_mask[rows.to(self.attention_mask.device)].sum(dim=1).max())
+        lengths = self.attention_mask[rows.to(self.attention_mask.device)].sum(dim=1)  # (r,)
+        width = int(lengths.max()) if lengths.numel() else 1
         changes: dict[str, Any] = {}
         for name in ("input_ids", "attention_mask", "labels"):
             value = getattr(self, name)
@@ -239,6 +240,9 @@ class RolloutBatch(TokenBatch):
             completion tokens (end-of-turn token included: the policy learns to stop).
         group: (N,) prompt index 0..P−1 within the batch.
         ended: (N,) 1.0 if the completion stopped on its own (end of turn or stop string) before the cap.
+        lengths: (N,) tokens of each sampled completion (end-of-turn token included), whether or not the
+            loss trains on them (``rollout.mask_truncated`` masks a cut completion's labels, not its
+            length); None where the rollout does not record them (:meth:`completion_lengths` counts labels).
         prompts: N chat-message lists (each prompt repeated k times).
         prompt_text: N strings, the last user message of each prompt (what a judge reads).
         completions: N decoded completions (special tokens removed, cut at the end of the turn).
@@ -257,6 +261,7 @@ class RolloutBatch(TokenBatch):
 
     group: torch.Tensor | None = None
     ended: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
     prompts: list[list[dict[str, str]]] = field(default_factory=list)
     prompt_text: list[str] = field(default_factory=list)
     completions: list[str] = field(default_factory=list)
@@ -268,7 +273,8 @@ class RolloutBatch(TokenBatch):
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def _per_example(self) -> dict[str, Any]:
-        return {**super()._per_example(), "group": self.group, "ended": self.ended, "prompts": self.prompts,
+        return {**super()._per_example(), "group": self.group, "ended": self.ended, "lengths": self.lengths,
+                "prompts": self.prompts,
                 "prompt_text": self.prompt_text, "completions": self.completions, "columns": self.columns}
 
     def _select_more(self, examples: torch.Tensor, rows: torch.Tensor, width: int) -> dict[str, Any]:
@@ -325,9 +331,17 @@ class RolloutBatch(TokenBatch):
                    rewards=torch.cat(rewards) if all(r is not None for r in rewards) else None,
                    group=torch.cat([b.group + o for b, o in zip(batches, offsets)]),
                    ended=torch.cat([b.ended for b in batches]),
+                   lengths=torch.cat([b.lengths for b in batches]) if all(b.lengths is not None for b in batches) else None,
                    prompts=[p for b in batches for p in b.prompts], prompt_text=[t for b in batches for t in b.prompt_text],
                    completions=[c for b in batches for c in b.completions], columns=[c for b in batches for c in b.columns],
                    num_prompts=sum(b.num_prompts for b in batches), k=batches[0].k, sampler_logps=sampler)
+
+    def completion_lengths(self) -> torch.Tensor:
+        """(N,) float tokens of each completion as sampled: ``lengths`` when recorded, else its target tokens
+        (the same unless labels were masked)."""
+        if self.lengths is not None:
+            return self.lengths.float()
+        return self.response_mask().sum(dim=1).float()  # (N,)
 
     def groups(self) -> torch.Tensor:
         """(P, k) row indices of each prompt's samples (rows are sample-major within a prompt)."""

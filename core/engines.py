@@ -18,6 +18,7 @@ corrected (:mod:`alignkit.rl.correction`).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -26,6 +27,23 @@ from .generation import Completion, SamplingSettings
 
 #: Largest per-request seed (vLLM takes a 64-bit signed seed; 2**31 keeps every engine safe).
 SEED_RANGE = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class EngineDemand:
+    """The most one ``generate`` / ``prompt_logprobs`` call of this run asks of an engine, known when the
+    engine is built (``EngineSpec.build(context, options, demand)``), so it can size its caches to the run
+    (vLLM: KV cache and longest sequence) instead of to the model's context window.
+
+    Attributes:
+        rows: the most sequences in one call (training: prompts per process x samples; evaluation:
+            ``trainer.eval_batch_size`` x ``rollout.eval_num_samples``).
+        sequence_tokens: the longest prompt + completion in tokens (``max_new_tokens`` after the longest
+            encoded prompt, or a scored sequence plus one).
+    """
+
+    rows: int
+    sequence_tokens: int
 
 
 @runtime_checkable

@@ -80,9 +80,10 @@ def register_rollouts(register: Callable) -> None:
 def register_engines(register: Callable) -> None:
     """Register inference engines that sample completions for ``rollout=generate`` (``rollout.engine=<name>``).
 
-    Call ``register(EngineSpec(name=..., build=..., schema=...))``; ``build(context, options)`` returns an
-    object following :class:`alignkit.api.Engine` (generate, sync the policy's weights, score a
-    fixed continuation). ``hf`` (the exact reference) and ``vllm`` are built in; an SGLang or remote
+    Call ``register(EngineSpec(name=..., build=..., schema=...))``; ``build(context, options, demand)``
+    returns an object following :class:`alignkit.api.Engine` (generate, sync the policy's weights, score
+    a fixed continuation); ``demand`` (:class:`alignkit.api.EngineDemand`) is the most rows and the
+    longest sequence one call asks for, to size caches. ``hf`` (the exact reference) and ``vllm`` are built in; an SGLang or remote
     server engine is a plugin of this hook.
     """
 

@@ -165,12 +165,14 @@ class RolloutSpec(_Spec):
 
 @dataclass(frozen=True)
 class EngineSpec(_Spec):
-    """An inference engine behind ``rollout=generate`` (``rollout.engine=<name>``): ``build(context, options)
-    -> Engine`` (:class:`alignkit.engines.Engine`).
+    """An inference engine behind ``rollout=generate`` (``rollout.engine=<name>``): ``build(context, options,
+    demand) -> Engine`` (:class:`alignkit.engines.Engine`).
 
     Attributes:
         name: what ``rollout.engine`` selects (``hf``, ``vllm``, a plugin's ``sglang``, ...).
-        build: ``build(ctx, options) -> Engine``; ``options`` is ``rollout.engine_options`` typed by ``schema``.
+        build: ``build(ctx, options, demand) -> Engine``; ``options`` is ``rollout.engine_options`` typed by
+            ``schema``; ``demand`` (:class:`alignkit.engines.EngineDemand`) the most rows and the longest
+            sequence one call will ask for (to size caches).
         schema: dataclass of the engine's options (an unknown or mistyped key is a one-line error).
         exact: samples with the training code's own model (no copy of the weights to keep in sync).
         summary: one line for ``alignkit ls engines``.

@@ -32,7 +32,7 @@ def _online(folder, model_folder, *extra, method="grpo"):
     return [f"method={method}", f"model.path={model_folder}", "data=custom", f"data.path={_prompts(folder)}", "data.format=prompts",
             "data.eval_fraction=0.25", "scorer=function", "scorer.fn=alignkit.plugins.scorers.rewards:brevity",
             "trainer.batch_size=2", "rollout.num_samples=2", "rollout.max_new_tokens=8", "rollout.temperature=0.8",
-            "rollout.engine=vllm", "+rollout.engine_options.kv_cache_gib=0.25", "trainer.progress=false",
+            "rollout.engine=vllm", "trainer.progress=false",
             "trainer.tensorboard=false", *extra]
 
 
@@ -51,7 +51,8 @@ def trainer(folders):
     from alignkit.loop import Trainer
     from alignkit.testing import compose_run_config
 
-    cfg = compose_run_config(*_online(folders["root"], folders["tied"], "model.lora.r=4"))
+    cfg = compose_run_config(*_online(folders["root"], folders["tied"], "model.lora.r=4",  # room for the checks' sequences
+                                      "+rollout.engine_options.kv_cache_gib=0.25", "+rollout.engine_options.max_model_len=256"))
     return Trainer(cfg, folders["root"] / "run")
 
 
@@ -163,8 +164,12 @@ def test_training_logs_sync_and_mismatch_and_syncs_every_n(cli, folders):
     result = cli("train", *_online(folders["root"], folders["tied"], "trainer.max_steps=4", "rollout.sync_every=2",
                                    "rollout.verify_sync=true", "trainer.optimizer.lr=1e-2", "trainer.eval_every=0",
                                    "method.baseline=none", "method.kl_coef=0", f"hydra.run.dir={run}",
-                                   method="reinforce"))
+                                   "trainer.eval_batch_size=5", method="reinforce"))
     assert result.returncode == 0, result.stderr[-2000:]
+    # The KV cache sized to the run (the default): the largest call is an evaluation batch of 5 rows (a
+    # training call holds 2 prompts x 2 samples); each sequence fits one 128-token CPU block; per token
+    # 2 (K, V) x 2 layers x 1 KV head x 64 x 4 bytes = 1,024 B: (5 + 1 spare) blocks x 128 x 1,024 B.
+    assert f"vLLM KV cache 0.8 MiB ({6 * 128 * 1024} bytes)" in result.stdout and "5 rows per call" in result.stdout
     rows = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
     # step 1 samples with the weights the engine received at start (or for the evaluation before training);
     # step 3 after the scheduled copy; steps 2 and 4 with weights one update old

@@ -258,3 +258,33 @@ def test_a_vllm_start_error_keeps_the_reason_of_a_validation_error():
     assert _one_line(exc) == ("1 validation error for VllmConfig kv_cache_memory_bytes Input should be a valid "
                               "integer [type=int_type] For further information visit https://errors.pydantic.dev")
     assert len(_one_line(ValueError("x" * 1000))) == 400
+
+
+def test_the_engine_demand_is_the_largest_call_of_the_run(alignkit_compose, tmp_path):
+    """Rows: the larger of a training call (prompts x samples) and an evaluation batch; tokens: the longest
+    encoded prompt + max_new_tokens, or the verify-sync probe (a training prompt + 8 of its tokens) + 1."""
+    from alignkit.engines import EngineDemand
+    from alignkit.loop import Trainer
+
+    for eval_batch, rows in ((3, 2 * 2), (7, 7)):
+        trainer = Trainer(alignkit_compose(*_online("grpo", tmp_path, f"trainer.eval_batch_size={eval_batch}")),
+                          tmp_path / f"run-{eval_batch}")
+        rollout = trainer.rollout
+        longest = max(len(e["prompt_ids"]) for e in (*rollout.train, *rollout.held_out))
+        probe = max(len(e["prompt_ids"]) + 8 + 1 for e in rollout.train[:2])  # the first two training prompts
+        assert rollout._demand() == EngineDemand(rows=rows, sequence_tokens=max(longest + 6, probe))
+
+
+def test_the_vllm_kv_cache_size_by_hand():
+    """SmolLM2-135M in fp32: 2 (K, V) x 30 layers x 3 KV heads x 64 x 4 B = 46,080 B per token; 16 rows of
+    96 tokens take one 128-token block each, plus a spare block; 130 tokens take two."""
+    from types import SimpleNamespace
+
+    from alignkit.plugins.engines.vllm import kv_cache_bytes
+
+    smol = SimpleNamespace(num_attention_heads=9, num_key_value_heads=3, hidden_size=576, num_hidden_layers=30)
+    assert kv_cache_bytes(smol, torch.float32, 16, 96) == 17 * 128 * 46_080
+    assert kv_cache_bytes(smol, torch.float32, 16, 130) == 33 * 128 * 46_080
+    assert kv_cache_bytes(smol, torch.bfloat16, 1, 128) == 2 * 128 * 23_040
+    gemma = SimpleNamespace(num_attention_heads=4, num_key_value_heads=None, hidden_size=64, head_dim=32, num_hidden_layers=2)
+    assert kv_cache_bytes(gemma, torch.float32, 2, 10) == 3 * 128 * (2 * 2 * 4 * 32 * 4)

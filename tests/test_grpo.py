@@ -147,6 +147,38 @@ def test_dynamic_sampling_drops_zero_signal_groups_and_refills(alignkit_compose,
     assert stats["rollout/short_of_prompts"] == 0.0
 
 
+class _LateScores:
+    """No signal in the first rollout (every reward 0), signal in every later one."""
+
+    calls = 0
+
+    @staticmethod
+    def fn(prompts, completions):
+        _LateScores.calls += 1
+        return [0.0 if _LateScores.calls == 1 else float(i % 3) for i in range(len(completions))]
+
+
+def test_dynamic_sampling_refills_a_rollout_without_any_signal(alignkit_compose, prompts_file, tmp_path, monkeypatch):
+    """A rollout whose groups all have equal rewards keeps nothing (it used to fail selecting no prompts);
+    the refill fills the batch, and an empty sub-batch is a batch of no rows."""
+    import sys
+    import types
+
+    from alignkit.loop import Trainer
+
+    module = types.ModuleType("ak_grpo_late_scores")
+    module.fn = _LateScores.fn
+    monkeypatch.setitem(sys.modules, "ak_grpo_late_scores", module)
+    cfg = alignkit_compose(*common(prompts_file, "scorer.fn=ak_grpo_late_scores:fn", "rollout.dynamic_sampling=true"))
+    trainer = Trainer(cfg, tmp_path / "run")
+    batch = next(trainer._update_stream())
+    assert batch.num_prompts == 2 and batch.num_rows == 6 and _LateScores.calls == 2
+    stats = trainer.rollout.pop_stats()
+    assert stats["rollout/refills"] == 1.0 and stats["rollout/zero_signal_share"] == 0.5  # 2 of the 4 groups sampled
+    empty = batch.select_prompts(torch.tensor([], dtype=torch.long))
+    assert empty.num_rows == 0 and empty.input_ids.shape == (0, 1) and empty.num_prompts == 0
+
+
 def test_mask_truncated_leaves_cut_completions_out_of_the_loss(alignkit_compose, prompts_file, tmp_path):
     from alignkit.loop import Trainer
 

@@ -80,7 +80,7 @@ class OnlineEval:
     def evaluate(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         rewards = scalar_rewards(batch, self.ctx)  # (N,)
         mask = response_mask(batch)  # (N, T-1)
-        values = {"reward": rewards, "length": mask.sum(dim=1).float(), "ended": batch.ended.float()}
+        values = {"reward": rewards, "length": batch.completion_lengths(), "ended": batch.ended.float()}
         kl = None
         if self.with_kl:
             logps = sequence_logprobs(self.ctx.policy, batch, temperature=self.temperature).logprobs  # (N, T-1)

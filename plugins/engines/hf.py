@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from alignkit.api import (
     Completion,
+    EngineDemand,
     RunContext,
     SamplingSettings,
     end_token_ids,
@@ -52,6 +53,6 @@ class HFEngine:
         """Nothing held."""
 
 
-def build(ctx: RunContext, options: Any) -> HFEngine:
-    """Hugging Face generate with the policy itself."""
+def build(ctx: RunContext, options: Any, demand: EngineDemand) -> HFEngine:
+    """Hugging Face generate with the policy itself (``demand`` unused: its cache grows per call)."""
     return HFEngine(ctx)

