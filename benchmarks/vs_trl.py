@@ -54,7 +54,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 #: alignkit's overrides per inference engine; the arm is named ``alignkit`` (hf) or ``alignkit-<engine>``.
-ENGINES = {"hf": [], "vllm": ["rollout.engine=vllm"]}  # vLLM: KV cache sized to the run (the default)
+# vLLM: KV cache sized to the run (the default); its packed weights dropped between rollouts (sleep: the next
+# sync, due every step here, rebuilds them), so training does not hold the engine's copy beside its own
+ENGINES = {"hf": [], "vllm": ["rollout.engine=vllm", "+rollout.engine_options.sleep=true"]}
 TASK = "arith"  # the bundled verifiable task (conf/data/arith.yaml)
 LN2 = math.log(2.0)
 

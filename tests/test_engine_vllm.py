@@ -158,6 +158,43 @@ def test_completions_end_at_the_end_of_turn_ids(trainer):
         engine.generate(policy, prompts[:1], SamplingSettings(max_new_tokens=4, temperature=3.0), seeds=[0])
 
 
+def test_cpu_sleep_drops_the_packed_weights_and_the_next_generation_rebuilds_them(trainer):
+    """``engine_options.sleep`` on CPU: every packed GEMM handle (the engine's weight copy) is dropped after a
+    generation; scoring then refuses in one line, and a generation re-copies the policy and samples exactly as
+    an engine that kept its weights."""
+    from alignkit.errors import TrainingError
+    from alignkit.generation import SamplingSettings
+    from alignkit.plugins.engines.vllm import _released_gemm
+
+    engine, policy = trainer.rollout.engine, trainer.policy
+    engine.sync(policy)
+    tokenizer = load_tokenizer()
+    prompts = [tokenizer("Hello there, how are")["input_ids"], tokenizer("One two")["input_ids"]]
+    settings = SamplingSettings(max_new_tokens=12, temperature=0.7)
+    kept = engine.generate(policy, prompts, settings, seeds=[21, 22])
+
+    def gemms(model):
+        return {name: m.cpu_linear is _released_gemm for name, m in model.named_modules()
+                if callable(getattr(m, "cpu_linear", None))}
+
+    engine.options.sleep = True
+    try:
+        engine._sleep()
+        released = engine.llm.apply_model(gemms)[0]
+        # 2 layers x (q/k/v, o, gate/up, down), the (tied) embedding's GEMM and the LM head
+        assert len(released) == 2 * 4 + 2 and all(released.values()) and engine.released
+        with pytest.raises(TrainingError, match="released"):
+            engine.prompt_logprobs(SEQUENCES)
+        again = engine.generate(policy, prompts, settings, seeds=[21, 22])  # re-syncs, then releases again
+        assert [c.tokens for c in again] == [c.tokens for c in kept]
+        assert [c.logprobs for c in again] == [c.logprobs for c in kept]
+        assert engine.released and all(engine.llm.apply_model(gemms)[0].values())
+    finally:
+        engine.options.sleep = False
+    engine.sync(policy)
+    assert not any(engine.llm.apply_model(gemms)[0].values()) and _engine_gap(engine, policy, SEQUENCES) <= 1e-4
+
+
 def test_training_logs_sync_and_mismatch_and_syncs_every_n(cli, folders):
     run = folders["root"] / "every2"
     # REINFORCE with A = r (no baseline, no KL): every step moves the policy (GRPO's advantages may all be 0)
@@ -199,6 +236,34 @@ def test_a_resumed_run_draws_and_trains_as_the_uninterrupted_one(cli, folders):
     a = load_file(str(root / "straight" / "final" / "model.safetensors"))
     b = load_file(str(root / "cut" / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_with_cpu_sleep_trains_as_one_without(cli, folders):
+    """Dropping and rebuilding the engine's weights around every rollout changes nothing a run computes:
+    the same draws, losses and final weights as the run that keeps them (the straight run above); with
+    ``sync_every`` > 1 it is refused in one line (no stale copy is kept to sample from)."""
+    from safetensors.torch import load_file
+
+    root = folders["root"]
+    args = _online(root, folders["tied"], "trainer.save_every=2", "trainer.scheduler.name=constant",
+                   "trainer.optimizer.lr=1e-3", "+rollout.engine_options.sleep=true")
+    result = cli("train", *args, "trainer.max_steps=4", f"hydra.run.dir={root / 'asleep'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    def train(run):
+        rows = map(json.loads, (root / run / "metrics.jsonl").read_text().splitlines())
+        return [(r["step"], r["loss"], r["score"], r["length"]) for r in rows if r["split"] == "train"]
+
+    if not (root / "straight" / "final").exists():  # run alone: the reference run without sleep
+        plain = [a for a in args if "sleep" not in a]
+        assert cli("train", *plain, "trainer.max_steps=4", f"hydra.run.dir={root / 'straight'}").returncode == 0
+    assert train("asleep") == train("straight")
+    a = load_file(str(root / "straight" / "final" / "model.safetensors"))
+    b = load_file(str(root / "asleep" / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    refused = cli("train", *args, "trainer.max_steps=1", "rollout.sync_every=2", f"hydra.run.dir={root / 'asleep2'}")
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("alignkit: error")]
+    assert refused.returncode != 0 and len(errors) == 1 and "sync_every" in errors[0]
 
 
 def test_untied_head_and_logit_scaling_sync(cli, folders):

@@ -34,7 +34,8 @@ def test_grpo_arith_experiment_one_rollout_on_smollm2(cli, tmp_path):
     """The README's RL recipe, shrunk: the bundled task, math-verify, group advantages, the first ratio 1."""
     result = cli("train", "experiment=grpo_arith", "trainer.max_steps=1", "trainer.batch_size=2",
                  "method.minibatch_size=0", "method.num_iterations=1", "rollout.num_samples=4",
-                 "rollout.max_new_tokens=24", "data.eval_examples=4", "trainer.progress=false", "hydra.run.dir=real")
+                 "rollout.max_new_tokens=24", "data.eval_examples=4", "trainer.progress=false", "hydra.run.dir=real",
+                 "rollout.dynamic_sampling=false")  # the recipe's refills would check more than 2 x 4 completions
     assert result.returncode == 0, result
     lines = [json.loads(line) for line in (tmp_path / "real" / "metrics.jsonl").read_text().splitlines()]
     train = next(r for r in lines if r["split"] == "train")

@@ -42,6 +42,7 @@ from alignkit.api import (
     ModelError,
     RunContext,
     SamplingSettings,
+    TrainingError,
     cut_completion,
     end_token_ids,
     engine_weights,
@@ -60,8 +61,12 @@ class VLLMEngineConfig:
             blocks of 128 tokens, plus a spare block (SmolLM2: 45 KiB per token; 16 rows of <= 128 tokens: 96 MiB). A
             smaller cache than a call needs is still correct: vLLM queues the rows that do not fit.
         gpu_memory_utilization: CUDA: the share of GPU memory vLLM may take (weights copy + KV cache).
-        sleep: CUDA: put the engine to sleep between rollouts (weights offloaded, KV cache freed) so
-            training has the memory; woken before the next sync. Ignored on CPU (no sleep mode there).
+        sleep: give the engine's memory to training between rollouts. CUDA: vLLM's sleep mode (weights
+            offloaded, KV cache freed), woken before the next sync. CPU (vLLM has no sleep mode there): the
+            packed GEMM weights — the engine's copy of every Linear layer and of the LM head, ~4 bytes per
+            parameter in fp32 — are dropped after each generation and rebuilt by the next sync; a generation
+            that finds them dropped (a dynamic-sampling refill, an evaluation) re-copies the policy first.
+            Needs ``rollout.sync_every=1`` on CPU (the engine keeps no stale copy to sample from).
         enforce_eager: no graph capture / compilation (CPU: compiling took 91 s and was not faster).
         max_model_len: longest prompt + completion in tokens (0: the run's longest, from its encoded
             prompts and ``rollout.max_new_tokens``).
@@ -122,6 +127,10 @@ class VLLMEngine:
         if not options.kv_cache_gib >= 0:
             raise ConfigError(f"rollout.engine_options.kv_cache_gib={options.kv_cache_gib}: the CPU KV cache needs a "
                               "size >= 0 (GiB, fractions allowed: 0.25; 0 sizes it to the run)")
+        if options.sleep and not cuda and int(ctx.cfg.rollout.sync_every) != 1:
+            raise ConfigError(f"rollout.engine_options.sleep=true on CPU drops the engine's weights after each rollout, "
+                              f"so it cannot sample from weights {ctx.cfg.rollout.sync_every} updates old: use "
+                              "rollout.sync_every=1 or sleep=false")
         vllm = import_vllm(options.quiet)
         self.ctx, self.options, self.cuda = ctx, options, cuda
         self.end_ids = end_token_ids(ctx.tokenizer, ctx.policy)
@@ -153,22 +162,31 @@ class VLLMEngine:
             raise ModelError(f"rollout.engine=vllm could not start on {type(model).__name__}: "
                              f"{type(exc).__name__}: {_one_line(exc)}") from None
         self.asleep = False
+        self.released = False  # CPU sleep: packed weights dropped, a sync rebuilds them
         self.sync(ctx.policy)
 
     # ------------------------------------------------------------------ weights
-    def _wake(self) -> None:
+    def _wake(self, policy: Any = None) -> None:
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False
+        if self.released:
+            if policy is None:
+                raise TrainingError("rollout.engine=vllm: the engine's weights were released (engine_options.sleep) "
+                                    "and nothing synced them since")
+            self.sync(policy)
 
     def sync(self, policy: Any) -> None:
         """Copy every weight of ``policy`` (LoRA merged) into the engine; rebuild a tied CPU LM head."""
-        self._wake()
-        with torch.no_grad():
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+        with torch.no_grad():  # a reload re-runs vLLM's weight processing: dropped GEMM handles come back
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": engine_weights(policy)})
         if not self.cuda:
             self.llm.apply_model(_rebuild_lm_head)
         self.llm.reset_prefix_cache()
+        self.released = False
 
     # ------------------------------------------------------------------ sampling
     def _params(self, settings: SamplingSettings, seed: int) -> Any:
@@ -190,7 +208,7 @@ class VLLMEngine:
         if missing:
             raise ConfigError(f"rollout.{missing[0]} has no exact counterpart in rollout.engine=vllm; "
                               "use rollout.engine=hf for it")
-        self._wake()
+        self._wake(policy)
         try:
             params = [self._params(settings, seed) for seed in seeds]
         except Exception as exc:  # noqa: BLE001 - vLLM's validation (temperature outside [0, 2], ...): one line
@@ -204,10 +222,20 @@ class VLLMEngine:
             tokens = list(sampled.token_ids)
             logprobs = [step[token].logprob for step, token in zip(sampled.logprobs or [], tokens)]
             completions.append(cut_completion(tokens, self.end_ids, settings.stop, self.ctx.tokenizer, logprobs))
-        if self.cuda and self.options.sleep:
+        if self.options.sleep:
+            self._sleep()
+        return completions
+
+    def _sleep(self) -> None:
+        if self.cuda:
             self.llm.sleep(level=1)  # weights kept (offloaded), KV cache freed for training
             self.asleep = True
-        return completions
+            return
+        import gc
+
+        self.llm.apply_model(_release_cpu_gemms)
+        self.released = True
+        gc.collect()
 
     def prompt_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         from vllm import SamplingParams
@@ -265,6 +293,21 @@ def _check_cpu_head_size(config: Any) -> None:
         raise ModelError(f"rollout.engine=vllm: vLLM's CPU attention supports head sizes {supported}; this model's is "
                          f"{head_dim} (model=tiny: e.g. model.tiny.hidden_size=128 model.tiny.num_attention_heads=2 "
                          "model.tiny.num_key_value_heads=1); or use rollout.engine=hf")
+
+
+def _released_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Any) -> torch.Tensor:
+    raise RuntimeError("alignkit: this vLLM layer's weights were released (engine_options.sleep); sync first")
+
+
+def _release_cpu_gemms(model: Any) -> int:
+    """CPU: drop every layer's packed GEMM weights (vLLM keeps them in the closure ``cpu_linear``; the
+    ``weight`` parameter itself is empty after packing). A reload re-creates them. Returns the layers released."""
+    released = 0
+    for module in model.modules():
+        if callable(getattr(module, "cpu_linear", None)) and module.cpu_linear is not _released_gemm:
+            module.cpu_linear = _released_gemm
+            released += 1
+    return released
 
 
 def _rebuild_lm_head(model: Any) -> None:
