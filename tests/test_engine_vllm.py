@@ -164,7 +164,7 @@ def test_cpu_sleep_drops_the_packed_weights_and_the_next_generation_rebuilds_the
     an engine that kept its weights."""
     from alignkit.errors import TrainingError
     from alignkit.generation import SamplingSettings
-    from alignkit.plugins.engines.vllm import _released_gemm
+    from alignkit.plugins.engines.vllm import released_gemm
 
     engine, policy = trainer.rollout.engine, trainer.policy
     engine.sync(policy)
@@ -174,12 +174,12 @@ def test_cpu_sleep_drops_the_packed_weights_and_the_next_generation_rebuilds_the
     kept = engine.generate(policy, prompts, settings, seeds=[21, 22])
 
     def gemms(model):
-        return {name: m.cpu_linear is _released_gemm for name, m in model.named_modules()
+        return {name: m.cpu_linear is released_gemm for name, m in model.named_modules()
                 if callable(getattr(m, "cpu_linear", None))}
 
     engine.options.sleep = True
     try:
-        engine._sleep()
+        engine.release()
         released = engine.llm.apply_model(gemms)[0]
         # 2 layers x (q/k/v, o, gate/up, down), the (tied) embedding's GEMM and the LM head
         assert len(released) == 2 * 4 + 2 and all(released.values()) and engine.released

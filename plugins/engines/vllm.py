@@ -166,10 +166,14 @@ class VLLMEngine:
         self.sync(ctx.policy)
 
     # ------------------------------------------------------------------ weights
-    def _wake(self, policy: Any = None) -> None:
-        if self.asleep:
+    def _wake_up(self) -> None:
+        if self.asleep:  # CUDA sleep mode
             self.llm.wake_up()
             self.asleep = False
+
+    def _ready(self, policy: Any = None) -> None:
+        """Awake and holding weights: a released CPU engine re-copies ``policy`` (None: refuse in one line)."""
+        self._wake_up()
         if self.released:
             if policy is None:
                 raise TrainingError("rollout.engine=vllm: the engine's weights were released (engine_options.sleep) "
@@ -178,9 +182,7 @@ class VLLMEngine:
 
     def sync(self, policy: Any) -> None:
         """Copy every weight of ``policy`` (LoRA merged) into the engine; rebuild a tied CPU LM head."""
-        if self.asleep:
-            self.llm.wake_up()
-            self.asleep = False
+        self._wake_up()
         with torch.no_grad():  # a reload re-runs vLLM's weight processing: dropped GEMM handles come back
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": engine_weights(policy)})
         if not self.cuda:
@@ -208,7 +210,7 @@ class VLLMEngine:
         if missing:
             raise ConfigError(f"rollout.{missing[0]} has no exact counterpart in rollout.engine=vllm; "
                               "use rollout.engine=hf for it")
-        self._wake(policy)
+        self._ready(policy)
         try:
             params = [self._params(settings, seed) for seed in seeds]
         except Exception as exc:  # noqa: BLE001 - vLLM's validation (temperature outside [0, 2], ...): one line
@@ -223,17 +225,20 @@ class VLLMEngine:
             logprobs = [step[token].logprob for step, token in zip(sampled.logprobs or [], tokens)]
             completions.append(cut_completion(tokens, self.end_ids, settings.stop, self.ctx.tokenizer, logprobs))
         if self.options.sleep:
-            self._sleep()
+            self.release()
         return completions
 
-    def _sleep(self) -> None:
+    def release(self) -> None:
+        """Give the engine's memory to training until the next sync or generation (what ``sleep`` does after
+        every generation). CUDA: vLLM's sleep mode, level 1. CPU: every packed GEMM handle is dropped
+        (:func:`release_cpu_gemms`); the next sync, or a generation that finds them dropped, rebuilds them."""
         if self.cuda:
             self.llm.sleep(level=1)  # weights kept (offloaded), KV cache freed for training
             self.asleep = True
             return
         import gc
 
-        self.llm.apply_model(_release_cpu_gemms)
+        self.llm.apply_model(release_cpu_gemms)
         self.released = True
         gc.collect()
 
@@ -241,7 +246,7 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        self._wake()
+        self._ready()
         params = SamplingParams(temperature=1.0, max_tokens=1, prompt_logprobs=0, seed=0)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params, use_tqdm=False)
         return [[step[token].logprob for step, token in zip(out.prompt_logprobs[1:], s[1:])]
@@ -295,17 +300,18 @@ def _check_cpu_head_size(config: Any) -> None:
                          "model.tiny.num_key_value_heads=1); or use rollout.engine=hf")
 
 
-def _released_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Any) -> torch.Tensor:
+def released_gemm(x: torch.Tensor, weight: torch.Tensor, bias: Any) -> torch.Tensor:
+    """The GEMM of a layer whose packed weights were dropped (:func:`release_cpu_gemms`): refuses to run."""
     raise RuntimeError("alignkit: this vLLM layer's weights were released (engine_options.sleep); sync first")
 
 
-def _release_cpu_gemms(model: Any) -> int:
+def release_cpu_gemms(model: Any) -> int:
     """CPU: drop every layer's packed GEMM weights (vLLM keeps them in the closure ``cpu_linear``; the
     ``weight`` parameter itself is empty after packing). A reload re-creates them. Returns the layers released."""
     released = 0
     for module in model.modules():
-        if callable(getattr(module, "cpu_linear", None)) and module.cpu_linear is not _released_gemm:
-            module.cpu_linear = _released_gemm
+        if callable(getattr(module, "cpu_linear", None)) and module.cpu_linear is not released_gemm:
+            module.cpu_linear = released_gemm
             released += 1
     return released
 
