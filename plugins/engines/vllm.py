@@ -230,8 +230,9 @@ class VLLMEngine:
 
     def release(self) -> None:
         """Give the engine's memory to training until the next sync or generation (what ``sleep`` does after
-        every generation). CUDA: vLLM's sleep mode, level 1 (enabled when the engine was built with ``sleep=true``). CPU: every packed GEMM handle is dropped
-        (:func:`release_cpu_gemms`); the next sync, or a generation that finds them dropped, rebuilds them."""
+        every generation). CUDA: vLLM's sleep mode, level 1 (enabled when the engine was built with
+        ``sleep=true``). CPU: every packed GEMM handle is dropped (:func:`release_cpu_gemms`); the next
+        sync, or a generation that finds them dropped, rebuilds them."""
         if self.cuda:
             self.llm.sleep(level=1)  # weights kept (offloaded), KV cache freed for training
             self.asleep = True
