@@ -109,14 +109,19 @@ def test_every_weight_is_synced_lora_merged_and_tied_head_rebuilt(trainer):
     assert _engine_gap(engine, policy, SEQUENCES) <= 1e-4
 
 
-def test_sampled_logprobs_are_the_sampled_distributions_and_seeds_reproduce(trainer):
+def _synced_sampling(trainer):
+    """The fixture's engine synced to its policy, two prompts and sampling at T = 0.7 (12 tokens)."""
     from alignkit.generation import SamplingSettings
 
     engine, policy = trainer.rollout.engine, trainer.policy
     engine.sync(policy)
     tokenizer = load_tokenizer()
     prompts = [tokenizer("Hello there, how are")["input_ids"], tokenizer("One two")["input_ids"]]
-    settings = SamplingSettings(max_new_tokens=12, temperature=0.7)
+    return engine, policy, prompts, SamplingSettings(max_new_tokens=12, temperature=0.7)
+
+
+def test_sampled_logprobs_are_the_sampled_distributions_and_seeds_reproduce(trainer):
+    engine, policy, prompts, settings = _synced_sampling(trainer)
     first = engine.generate(policy, prompts, settings, seeds=[11, 12])
     again = engine.generate(policy, prompts, settings, seeds=[11, 12])
     other = engine.generate(policy, prompts, settings, seeds=[13, 14])
@@ -163,14 +168,9 @@ def test_cpu_sleep_drops_the_packed_weights_and_the_next_generation_rebuilds_the
     generation; scoring then refuses in one line, and a generation re-copies the policy and samples exactly as
     an engine that kept its weights."""
     from alignkit.errors import TrainingError
-    from alignkit.generation import SamplingSettings
     from alignkit.plugins.engines.vllm import released_gemm
 
-    engine, policy = trainer.rollout.engine, trainer.policy
-    engine.sync(policy)
-    tokenizer = load_tokenizer()
-    prompts = [tokenizer("Hello there, how are")["input_ids"], tokenizer("One two")["input_ids"]]
-    settings = SamplingSettings(max_new_tokens=12, temperature=0.7)
+    engine, policy, prompts, settings = _synced_sampling(trainer)
     kept = engine.generate(policy, prompts, settings, seeds=[21, 22])
 
     def gemms(model):
