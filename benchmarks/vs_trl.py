@@ -379,6 +379,8 @@ def import_framework(base: str, engine: str) -> float:
 
     Every arm's clock starts at loading the model, so no arm is charged for its imports (TRL's pulls in
     vLLM when it is installed: ~8 s); the import time is reported beside the figures."""
+    import torch
+
     start = time.perf_counter()
     if base == "trl":
         import trl  # noqa: F401
@@ -386,10 +388,14 @@ def import_framework(base: str, engine: str) -> float:
     else:
         import alignkit.compose  # noqa: F401
         import alignkit.loop  # noqa: F401
-        if engine == "vllm":
+        if engine == "vllm":  # vLLM imports lazily: what its engine loads on first use comes too
             from alignkit.plugins.engines.vllm import import_vllm
 
             import_vllm(quiet=True)
+            from vllm import LLM, SamplingParams  # noqa: F401
+
+            if not torch.cuda.is_available():
+                from vllm.v1.attention.backends import cpu_attn  # noqa: F401
     return time.perf_counter() - start
 
 
@@ -473,10 +479,11 @@ SPECS = {
     # within minutes here while the longest sorted pairs still come first (the peak-memory batch).
     "dpo": {"batch": 8, "steps": 3, "max_length": 512, "beta": 0.1, "lr": 1e-5,
             "alignkit_overrides": ["trainer.activation_checkpointing=1"]},
-    # alignkit trains each rollout as micro-batches of one prompt's k samples, accumulated into the one
-    # optimizer step (the same update: batch x accumulation invariance), instead of recomputing activations.
+    # TRL's RLOO defaults: the whole rollout in one backward pass with activation checkpointing; alignkit the
+    # same (one micro-batch of all 4 x k samples, every decoder layer checkpointed).
     "rloo": {"prompts": 4, "k": 4, "steps": 3, "max_new_tokens": 32, "temperature": 0.8, "beta": 0.05, "lr": 2e-5,
-             "alignkit_overrides": ["method.minibatch_size=1", "trainer.grad_accum=4"]},
+             "alignkit_overrides": ["method.minibatch_size=0", "trainer.grad_accum=1",
+                                    "trainer.activation_checkpointing=1"]},
     # TRL's GRPO defaults: loss_type "dapo" (token-level), group-normalised rewards, no KL (beta 0), one
     # update per rollout, clip 0.2, activation checkpointing on; alignkit the same with loss=dapo and
     # method=grpo's defaults, its rollout trained as 4 accumulated micro-batches of 2 prompts x k (one

