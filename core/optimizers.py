@@ -29,9 +29,15 @@ IMPLEMENTATION_KEYS = ("fused", "foreach")
 
 
 def fused_supported(params: list[torch.Tensor]) -> bool:
-    """True when torch's fused optimizer kernels accept every tensor in ``params`` (dtype and device)."""
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    """True when torch's fused optimizer kernels accept every tensor in ``params`` (dtype and device).
 
+    The device list is torch's own (a private helper, the one its optimizers check); a torch without it
+    gets False, so the run keeps torch's default implementation (tests/test_optimizers.py then fails loudly).
+    """
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return False
     devices = set(_get_fused_kernels_supported_devices())
     return bool(params) and all(torch.is_floating_point(p) and p.device.type in devices for p in params)
 
