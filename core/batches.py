@@ -78,6 +78,11 @@ class TokenBatch:
         """(R, T−1) bool: positions whose next token is a target token (aligned with log-probs)."""
         return self.labels[:, 1:] != IGNORE_INDEX  # (R, T-1)
 
+    def prefix_groups(self) -> torch.Tensor | None:
+        """(R,) a group id per row where rows repeat a prompt (rows of a group may share a prefix:
+        :mod:`alignkit.shared_prefix` reads how much from the tokens), or None when no row repeats one."""
+        return None
+
     def target_tokens(self, rows: slice | torch.Tensor | None = None) -> int:
         """How many target tokens the batch (or ``rows`` of it) holds: the unit of token-mean losses."""
         mask = self.response_mask()
@@ -151,6 +156,10 @@ class PairBatch(TokenBatch):
     def num_examples(self) -> int:
         return self.num_pairs
 
+    def prefix_groups(self) -> torch.Tensor:
+        """(2P,) the pair index of each row: a pair's chosen and rejected rows share its prompt."""
+        return torch.arange(self.num_rows, device=self.input_ids.device) % max(self.num_pairs, 1)
+
     def chosen(self, values: torch.Tensor) -> torch.Tensor:
         """The chosen rows' part (P, ...) of a per-row tensor (2P, ...)."""
         return values[: self.num_pairs]
@@ -184,6 +193,11 @@ class RankedBatch(TokenBatch):
     @property
     def num_examples(self) -> int:
         return int(self.ranked_mask.shape[0])
+
+    def prefix_groups(self) -> torch.Tensor:
+        """(R,) the list index of each row: a list's completions share its prompt."""
+        sizes = self.ranked_mask.long().sum(1)  # (L,)
+        return torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes).to(self.input_ids.device)
 
     def _rows_of(self, examples: torch.Tensor) -> torch.Tensor:
         mask = self.ranked_mask.cpu()
@@ -271,6 +285,10 @@ class RolloutBatch(TokenBatch):
     eval_round: int | None = None
     sampler_logps: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def prefix_groups(self) -> torch.Tensor | None:
+        """(N,) the prompt index of each row when prompts repeat (k > 1): the k rows of a prompt share it."""
+        return self.group if self.k > 1 and self.group is not None else None
 
     def _per_example(self) -> dict[str, Any]:
         return {**super()._per_example(), "group": self.group, "ended": self.ended, "lengths": self.lengths,

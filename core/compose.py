@@ -60,6 +60,9 @@ class TrainerConfig:
         length_grouping: split each log-prob forward's rows, sorted by length, into groups whose rows
             fill at least this share of their group's width, each run without the rest's padding
             (0: one padded forward; see ``alignkit.logprobs``).
+        shared_prefix: run the prompt that a group of rows repeats (a rollout's k samples, a preference
+            pair, a ranked list) once per log-prob forward and backward, rows packed behind it with a
+            4-D attention mask (``alignkit.shared_prefix``); false: every row runs on its own.
         activation_checkpointing: recompute activations in the backward pass in every N-th decoder
             layer (1: all; 0: off): far less memory for ~1/3 more forward compute (``alignkit.memory``).
         release_memory: on Linux/glibc, ``mmap`` every allocation of 1 MiB or more so freed tensors
@@ -93,6 +96,7 @@ class TrainerConfig:
     tracker_kwargs: Any = field(default_factory=dict)
     mixed_precision: str = "no"
     length_grouping: float = 0.8
+    shared_prefix: bool = True
     activation_checkpointing: int = 0
     release_memory: bool = False
     cpu: bool = False

@@ -23,6 +23,16 @@ are sorted by length and cut into groups whose rows each fill at least ``f`` of 
 each group runs trimmed to that width (trailing padding only, so positions do not move) inside the
 one forward, and the results come back in the batch's row order. Per row the result is the same
 computation (equal to float rounding); padding FLOPs and activation memory shrink.
+
+Shared prefixes: rows that repeat a prompt (the k samples of a rollout, a preference pair) are
+given with ``prefix_groups`` (:meth:`alignkit.batches.TokenBatch.prefix_groups`), and with
+``trainer.shared_prefix`` on (the default) each group runs as one packed sequence whose prefix is
+computed once (:mod:`alignkit.shared_prefix`), forward and backward, instead of length grouping.
+A model gets this once a probe has shown that its trunk takes the packed layout (a 4-D mask and
+position ids) to the row-by-row hidden states; models with sliding-window or other non-causal
+attention, or attention kernels that ignore a 4-D mask (flash attention), are scored row by row
+(the same values, without the saving). Every pass over the same batch (policy, reference, old
+policy) makes the same choice, so a first ratio is exactly 1 and a first KL exactly 0.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import torch
 from alignkit import kernels
 from alignkit.kernels.token_stats import mean_from_sum
 
+from .shared_prefix import PackedRows, pack_shared_prefixes
 from .tokenize import IGNORE_INDEX
 
 
@@ -313,6 +324,92 @@ def output_head(model: Any) -> OutputHead | None:
     return OutputHead(layer.weight, layer.bias, verdict.logit_scale, verdict.softcap)
 
 
+# ---------------------------------------------------------------------------------------------- shared prefixes
+_SHARED_PREFIX = True  # set per run from trainer.shared_prefix
+_PACKING = "_alignkit_shared_prefix"  # attribute of the unwrapped model holding its packing verdict
+_PACKING_ATTENTION = ("sdpa", "eager")  # attention implementations that take a prepared 4-D mask as is
+
+
+def set_shared_prefix(enabled: bool) -> None:
+    """Pack rows that share a prefix in every log-prob forward given ``prefix_groups`` (False: never)."""
+    global _SHARED_PREFIX
+    _SHARED_PREFIX = bool(enabled)
+
+
+@dataclass(frozen=True)
+class _PackingVerdict:
+    """Whether one model object takes the packed layout, and how."""
+
+    mask_dtype: torch.dtype | None = None  # None: a bool mask (sdpa); else additive in this dtype (eager)
+    pair_cost: float = 0.0  # attention pair vs token compute (see pack_shared_prefixes)
+    fallback: str | None = None  # why not, when it does not
+
+
+def _packing_probe(lm: Any) -> _PackingVerdict:
+    """Decide from the config, then check on two short rows that packed = row-by-row hidden states."""
+    config = _text_config(lm)
+    attention = getattr(config, "_attn_implementation", None)
+    if attention not in _PACKING_ATTENTION:
+        return _PackingVerdict(fallback=f"its attention implementation is {attention!r}, not one of {_PACKING_ATTENTION}")
+    sliding = _knob_value(config, "sliding_window")
+    layer_types = set(getattr(config, "layer_types", None) or [])
+    if (sliding and getattr(config, "use_sliding_window", True)) or layer_types - {"full_attention"}:
+        return _PackingVerdict(fallback=f"it has other attention than full causal attention (layer types "
+                                        f"{sorted(layer_types) or 'not given'}, sliding_window={sliding})")
+    embeddings = lm.get_input_embeddings().weight  # (V, d)
+    mask_dtype = None if attention == "sdpa" else embeddings.dtype
+    params = sum(p.numel() for p in lm.parameters())
+    width, layers = getattr(config, "hidden_size", 0) or 0, getattr(config, "num_hidden_layers", 0) or 0
+    pair_cost = 2.0 * width * layers / params if params else 0.0
+    # two rows sharing 3 tokens, ids spread over the first half of the vocabulary (as the head's probe)
+    ids = torch.linspace(0, embeddings.shape[0] // 2, PROBE_TOKENS, device=embeddings.device).long()
+    rows = torch.stack([ids[[0, 1, 2, 3, 4, 0]], ids[[0, 1, 2, 5, 6, 7]]])  # (2, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], device=ids.device)  # (2, 6)
+    packed = pack_shared_prefixes(rows, mask, torch.zeros(2, dtype=torch.long))
+    try:
+        with torch.no_grad(), _eval_mode(lm):
+            plain = _trunk_hidden_states(lm, rows, mask)  # (2, 6, d)
+            verdict = _PackingVerdict(mask_dtype, pair_cost)
+            got = _packed_hidden_states(lm, packed, verdict)  # (2, 6, d)
+    except Exception as exc:  # a trunk that refuses a 4-D mask or position ids
+        return _PackingVerdict(fallback=f"its trunk did not take the packed layout: {type(exc).__name__}: "
+                                        f"{str(exc).splitlines()[0] if str(exc) else ''}")
+    real = mask.bool()
+    error = float((got[real].float() - plain[real].float()).abs().max())
+    tol = _probe_tolerance(plain.dtype) * max(1.0, float(plain[real].float().abs().max()))
+    if error > tol:
+        return _PackingVerdict(fallback=f"its packed hidden states were {error:.3g} away from its own (tolerance {tol:.3g})")
+    return verdict
+
+
+def _packing_verdict(lm: Any) -> _PackingVerdict:
+    """The model object's cached verdict. A fallback is silent: row by row gives the same values, slower."""
+    verdict = lm.__dict__.get(_PACKING)
+    if verdict is None:
+        verdict = _packing_probe(lm)
+        lm.__dict__[_PACKING] = verdict  # travels with copy.deepcopy (a frozen reference copy)
+    return verdict
+
+
+def _packing(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             prefix_groups: torch.Tensor | None) -> PackedRows | None:
+    """The packed layout of these rows for this model, or None (row by row)."""
+    if prefix_groups is None or not _SHARED_PREFIX or output_head(lm) is None:
+        return None
+    verdict = _packing_verdict(lm)
+    if verdict.fallback is not None:
+        return None
+    return pack_shared_prefixes(input_ids, attention_mask, prefix_groups, pair_cost=verdict.pair_cost)
+
+
+def _packed_hidden_states(lm: Any, packed: PackedRows, verdict: _PackingVerdict) -> torch.Tensor:
+    trunk = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.base_model
+    out = trunk(input_ids=packed.input_ids, attention_mask=packed.attention_mask(verdict.mask_dtype),
+                position_ids=packed.position_ids, use_cache=False)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (G, L, d)
+    return packed.unpack(hidden)  # (N, T, d)
+
+
 _LENGTH_GROUPING = 0.0  # set per run from trainer.length_grouping (0: one padded forward)
 
 
@@ -383,7 +480,10 @@ def _grouped_stats(compute: Any, input_ids: torch.Tensor, attention_mask: torch.
     return (stats, torch.cat(hiddens)[inverse]) if with_hidden else stats
 
 
-def _trunk_hidden_states(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def _trunk_hidden_states(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         packed: PackedRows | None = None) -> torch.Tensor:
+    if packed is not None:
+        return _packed_hidden_states(lm, packed, _packing_verdict(lm))  # (B, T, d)
     trunk = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.base_model
     out = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, T, d)
@@ -422,13 +522,14 @@ def _own_logits_stats(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Te
 
 
 def _lm_token_stats(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, *,
-                    temperature: float, entropy: bool, with_hidden: bool = False) -> Any:
+                    temperature: float, entropy: bool, with_hidden: bool = False,
+                    packed: PackedRows | None = None) -> Any:
     """Token stats of the shifted labels (and the trunk's hidden states) of an unwrapped HF model or PEFT model."""
     head = output_head(lm)
     if head is None:
         return _own_logits_stats(lm, input_ids, attention_mask, labels, temperature=temperature, entropy=entropy,
                                  with_hidden=with_hidden)
-    hidden = _trunk_hidden_states(lm, input_ids, attention_mask)  # (B, T, d)
+    hidden = _trunk_hidden_states(lm, input_ids, attention_mask, packed)  # (B, T, d)
     stats = _scored_positions_only(lambda h, y: head.token_stats(h, y, temperature=temperature, entropy=entropy),
                               hidden[:, :-1], labels[:, 1:])  # over the T-1 predicted positions
     return (stats, hidden) if with_hidden else stats
@@ -450,6 +551,15 @@ def _lm_next_token_logprobs(lm: Any, input_ids: torch.Tensor, attention_mask: to
                             temperature=temperature).logprobs  # (B, C)
 
 
+def _rows_stats(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                prefix_groups: torch.Tensor | None, **kwargs: Any) -> Any:
+    """Token stats of an unwrapped model's rows: packed by shared prefix when that applies, else length-grouped."""
+    packed = _packing(lm, input_ids, attention_mask, prefix_groups)
+    if packed is not None:
+        return _lm_token_stats(lm, input_ids, attention_mask, labels, packed=packed, **kwargs)
+    return _grouped_stats(functools.partial(_lm_token_stats, lm), input_ids, attention_mask, labels, **kwargs)
+
+
 class PolicyModule(torch.nn.Module):
     """The module the loop hands to ``accelerate.prepare``: its ``forward`` is the log-prob path.
 
@@ -460,7 +570,8 @@ class PolicyModule(torch.nn.Module):
     of the shifted labels, computed with the model's :class:`OutputHead` *inside* the forward (where FSDP
     holds it unsharded), or from the model's own logits when :func:`output_head` says the kernels cannot
     reproduce them; ``return_hidden=True`` returns ``(stats, hidden)``; ``candidates`` (C,) returns the
-    (B, C) next-token log-probs of those tokens after each row. Any other attribute (``generate``,
+    (B, C) next-token log-probs of those tokens after each row; ``prefix_groups`` (B,) packs rows that
+    share a prefix (module docstring). Any other attribute (``generate``,
     ``save_pretrained``, ``config``, ...) is the wrapped model's, so the wrapper is transparent to code
     that treats the policy as a HF model.
 
@@ -474,18 +585,14 @@ class PolicyModule(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
                 temperature: float = 1.0, entropy: bool = False, *, return_hidden: bool = False,
-                candidates: torch.Tensor | None = None) -> Any:
+                candidates: torch.Tensor | None = None, prefix_groups: torch.Tensor | None = None) -> Any:
         if candidates is not None:
             return _lm_next_token_logprobs(self.module, input_ids, attention_mask, candidates, temperature)  # (B, C)
         if labels is None:
-            return _trunk_hidden_states(self.module, input_ids, attention_mask)  # (B, T, d)
-        return _grouped_stats(self._stats, input_ids, attention_mask, labels, temperature=temperature, entropy=entropy,
-                              with_hidden=return_hidden)
-
-    def _stats(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-               temperature: float, entropy: bool, with_hidden: bool = False) -> Any:
-        return _lm_token_stats(self.module, input_ids, attention_mask, labels, temperature=temperature,
-                               entropy=entropy, with_hidden=with_hidden)
+            packed = _packing(self.module, input_ids, attention_mask, prefix_groups)
+            return _trunk_hidden_states(self.module, input_ids, attention_mask, packed)  # (B, T, d)
+        return _rows_stats(self.module, input_ids, attention_mask, labels, prefix_groups, temperature=temperature,
+                           entropy=entropy, with_hidden=return_hidden)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -508,19 +615,22 @@ def routes_through_forward(model: Any) -> bool:
     return False
 
 
-def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  prefix_groups: torch.Tensor | None = None) -> torch.Tensor:
     """Final hidden states (B, T, d) of a HF causal LM (after its last norm), no logits.
 
     A prepared policy (DDP / FSDP / DeepSpeed around a :class:`PolicyModule`) is *called*, so the
     wrapper's forward runs (gradient sync, parameter gathering); a bare HF model runs its trunk.
+    ``prefix_groups`` (B,) packs rows that share a prefix, as in :func:`token_stats` (zeros on padding then).
     """
     if routes_through_forward(model):
-        return model(input_ids=input_ids, attention_mask=attention_mask)  # (B, T, d)
-    return _trunk_hidden_states(_unwrap(model), input_ids, attention_mask)  # (B, T, d)
+        return model(input_ids=input_ids, attention_mask=attention_mask, prefix_groups=prefix_groups)  # (B, T, d)
+    lm = _unwrap(model)
+    return _trunk_hidden_states(lm, input_ids, attention_mask, _packing(lm, input_ids, attention_mask, prefix_groups))
 
 
 def token_stats(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, *,
-                temperature: float = 1.0, entropy: bool = False) -> Any:
+                temperature: float = 1.0, entropy: bool = False, prefix_groups: torch.Tensor | None = None) -> Any:
     """Log p(label_t | tokens < t) for every position, with per-sequence sums.
 
     Args:
@@ -530,6 +640,8 @@ def token_stats(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tenso
         labels: (B, T) targets aligned with ``input_ids``, ``-100`` where not scored.
         temperature: divides the logits (use the sampling temperature for online methods).
         entropy: also return the per-token entropy (same pass over the vocabulary).
+        prefix_groups: (B,) group id per row; rows of a group that start with the same tokens run
+            them once (shared-prefix packing, see the module docstring). None: no hint.
 
     Returns:
         :class:`alignkit.kernels.TokenStats` over the T-1 predicted positions: ``logprobs`` (B, T-1),
@@ -537,13 +649,14 @@ def token_stats(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tenso
     """
     if routes_through_forward(model):
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, temperature=temperature,
-                     entropy=entropy)
-    return _grouped_stats(functools.partial(_lm_token_stats, unwrap_lm(model)), input_ids, attention_mask, labels,
-                          temperature=temperature, entropy=entropy)
+                     entropy=entropy, prefix_groups=prefix_groups)
+    return _rows_stats(unwrap_lm(model), input_ids, attention_mask, labels, prefix_groups, temperature=temperature,
+                       entropy=entropy)
 
 
 def token_stats_with_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                            *, temperature: float = 1.0, entropy: bool = False) -> tuple[Any, torch.Tensor]:
+                            *, temperature: float = 1.0, entropy: bool = False,
+                            prefix_groups: torch.Tensor | None = None) -> tuple[Any, torch.Tensor]:
     """:func:`token_stats` and the final hidden states of the same forward (for heads on the trunk).
 
     One trunk pass gives both, so a value head (PPO's shared critic) or a reward head with an LM
@@ -556,6 +669,7 @@ def token_stats_with_hidden(model: Any, input_ids: torch.Tensor, attention_mask:
         labels: (B, T) targets aligned with ``input_ids``, ``-100`` where not scored.
         temperature: divides the logits.
         entropy: also return the per-token entropy.
+        prefix_groups: (B,) group id per row, as in :func:`token_stats`.
 
     Returns:
         ``(stats, hidden)``: :class:`alignkit.kernels.TokenStats` over the T-1 predicted positions, and
@@ -564,9 +678,9 @@ def token_stats_with_hidden(model: Any, input_ids: torch.Tensor, attention_mask:
     """
     if routes_through_forward(model):
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, temperature=temperature,
-                     entropy=entropy, return_hidden=True)
-    return _grouped_stats(functools.partial(_lm_token_stats, unwrap_lm(model)), input_ids, attention_mask, labels,
-                          temperature=temperature, entropy=entropy, with_hidden=True)
+                     entropy=entropy, return_hidden=True, prefix_groups=prefix_groups)
+    return _rows_stats(unwrap_lm(model), input_ids, attention_mask, labels, prefix_groups, temperature=temperature,
+                       entropy=entropy, with_hidden=True)
 
 
 def next_token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, candidates: torch.Tensor,
@@ -593,6 +707,7 @@ def next_token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: tor
 
 def sequence_logprobs(model: Any, batch: Any, **kwargs: Any) -> kernels.TokenStats:
     """:func:`token_stats` on a batch's rows (any :class:`~alignkit.batches.TokenBatch`: its
-    ``input_ids``, ``attention_mask`` and ``labels``, each (R, T)); the stats cover the T−1 predicted
-    positions (``logprobs`` (R, T−1); ``sum`` / ``mean`` / ``count`` (R,))."""
-    return token_stats(model, batch.input_ids, batch.attention_mask, batch.labels, **kwargs)
+    ``input_ids``, ``attention_mask`` and ``labels``, each (R, T), and its ``prefix_groups()``); the
+    stats cover the T−1 predicted positions (``logprobs`` (R, T−1); ``sum`` / ``mean`` / ``count`` (R,))."""
+    return token_stats(model, batch.input_ids, batch.attention_mask, batch.labels,
+                       prefix_groups=batch.prefix_groups(), **kwargs)

@@ -202,6 +202,7 @@ class ReferenceLogprobs:
         parts: dict[str, Any] = {"kind": ctx.kind, "temperature": float(self.temperature),
                                  "kernels": cfg.get("kernels"),
                                  "trainer.length_grouping": cfg.trainer.get("length_grouping"),
+                                 "trainer.shared_prefix": cfg.trainer.get("shared_prefix"),
                                  "trainer.seed": cfg.trainer.seed, "trainer.batch_size": cfg.trainer.batch_size,
                                  "trainer.eval_batch_size": cfg.trainer.eval_batch_size}
         parts.update(_node_parts(cfg.data, "data"))

@@ -111,6 +111,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         logprobs.set_length_grouping(tcfg.length_grouping)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    logprobs.set_shared_prefix(tcfg.shared_prefix)
     _seed_everything(tcfg.seed)
     resume = run_state.find_resume(cfg)
     if tcfg.release_memory:

@@ -48,7 +48,8 @@ class SharedCritic(torch.nn.Module):
 
     def forward(self, policy: Any, batch: TokenBatch, *, temperature: float, entropy: bool) -> PolicyOutput:
         stats, hidden = token_stats_with_hidden(policy, batch.input_ids, batch.attention_mask, batch.labels,
-                                                temperature=temperature, entropy=entropy)  # hidden (B, T, d)
+                                                temperature=temperature, entropy=entropy,
+                                                prefix_groups=batch.prefix_groups())  # hidden (B, T, d)
         return PolicyOutput(stats.logprobs, stats.entropy, self.head(hidden[:, :-1]))  # (B, T-1) each
 
 
@@ -62,9 +63,10 @@ class SeparateCritic(torch.nn.Module):
         self.head = ValueHead(self.model.config.hidden_size)
 
     def forward(self, policy: Any, batch: TokenBatch, *, temperature: float, entropy: bool) -> PolicyOutput:
+        groups = batch.prefix_groups()
         stats = token_stats(policy, batch.input_ids, batch.attention_mask, batch.labels,
-                            temperature=temperature, entropy=entropy)
-        hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)[:, :-1]  # (B, T-1, d)
+                            temperature=temperature, entropy=entropy, prefix_groups=groups)
+        hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask, groups)[:, :-1]  # (B, T-1, d)
         return PolicyOutput(stats.logprobs, stats.entropy, self.head(hidden))  # (B, T-1) each
 
 

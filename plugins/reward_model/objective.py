@@ -142,14 +142,16 @@ class RewardModelObjective:
 
     # ------------------------------------------------------------------ per-kind steps
     def _scores_and_hidden(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = hidden_states(self.ctx.policy, batch.input_ids, batch.attention_mask)  # (N, T, d)
+        hidden = hidden_states(self.ctx.policy, batch.input_ids, batch.attention_mask,
+                               prefix_groups=batch.prefix_groups())  # (N, T, d)
         return self.head(at_last_token(hidden, batch.attention_mask)), hidden  # (N, A), (N, T, d)
 
     def _scores_and_lm_stats(self, batch: PairBatch, rows: int) -> tuple[torch.Tensor, Any]:
         """Head scores (N, A) and the token stats of the first ``rows`` rows' labels, from one forward."""
         labels = batch.labels.clone()  # (N, T)
         labels[rows:] = IGNORE_INDEX  # the regulariser scores the chosen answers; the other rows skip the vocabulary
-        stats, hidden = token_stats_with_hidden(self.ctx.policy, batch.input_ids, batch.attention_mask, labels)
+        stats, hidden = token_stats_with_hidden(self.ctx.policy, batch.input_ids, batch.attention_mask, labels,
+                                                prefix_groups=batch.prefix_groups())
         return self.head(at_last_token(hidden, batch.attention_mask)), stats  # (N, A), TokenStats
 
     def _pairs(self, batch: PairBatch) -> dict[str, torch.Tensor]:
