@@ -403,10 +403,8 @@ def _packing(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
 
 def _packed_hidden_states(lm: Any, packed: PackedRows, verdict: _PackingVerdict) -> torch.Tensor:
-    trunk = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.base_model
-    out = trunk(input_ids=packed.input_ids, attention_mask=packed.attention_mask(verdict.mask_dtype),
-                position_ids=packed.position_ids, use_cache=False)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (G, L, d)
+    hidden = _run_trunk(lm, input_ids=packed.input_ids, attention_mask=packed.attention_mask(verdict.mask_dtype),
+                        position_ids=packed.position_ids)  # (G, L, d)
     return packed.unpack(hidden)  # (N, T, d)
 
 
@@ -484,9 +482,14 @@ def _trunk_hidden_states(lm: Any, input_ids: torch.Tensor, attention_mask: torch
                          packed: PackedRows | None = None) -> torch.Tensor:
     if packed is not None:
         return _packed_hidden_states(lm, packed, _packing_verdict(lm))  # (B, T, d)
+    return _run_trunk(lm, input_ids=input_ids, attention_mask=attention_mask)  # (B, T, d)
+
+
+def _run_trunk(lm: Any, **inputs: torch.Tensor) -> torch.Tensor:
+    """The final hidden states (B, T, d) of the model's trunk (its decoder, no head), without a cache."""
     trunk = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.base_model
-    out = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, T, d)
+    out = trunk(**inputs, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
 def _scored_positions_only(stats_of: Any, hidden: torch.Tensor, targets: torch.Tensor) -> kernels.TokenStats:
